@@ -1,0 +1,63 @@
+"""gd_jax: neural networks trained by gradient descent, the functional JAX way.
+
+Parameters are pytrees, a cost is a pure ``cost(params, x, y)``, gradients come from
+``jax.grad`` (``jax.vmap`` for per-example ones), and the update rule ``p - eta * g`` is
+written out by hand. ``fit`` runs each epoch as one compiled ``lax.scan``.
+
+Example::
+
+    import jax, gd_jax as gd
+
+    train, test = gd.load_mnist("sample")
+    params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+    params, history = gd.fit(params, train, eval_data=test, epochs=30, batch_size=10,
+                             optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=jax.random.key(1))
+    gd.accuracy(params, test)
+"""
+
+from gd_jax.backprop import backprop
+from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_cost, quadratic_cost, with_l2
+from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
+from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
+from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
+from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.serialization import load_params, save_params
+from gd_jax.train import DivergenceError, EpochEnd, History, TrainState, accuracy, evaluate, fit, make_epoch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "COSTS",
+    "Dataset",
+    "DivergenceError",
+    "EpochEnd",
+    "GradientTransformation",
+    "History",
+    "SgdState",
+    "TrainState",
+    "accuracy",
+    "apply_updates",
+    "backprop",
+    "batch_grad",
+    "cross_entropy_cost",
+    "evaluate",
+    "finite_difference_grad",
+    "fit",
+    "forward",
+    "init_mlp",
+    "l2_penalty",
+    "load_mnist",
+    "load_params",
+    "log_likelihood_cost",
+    "make_epoch",
+    "per_example_grads",
+    "predict",
+    "quadratic_cost",
+    "read_idx",
+    "save_params",
+    "sgd",
+    "sgd_update",
+    "with_l2",
+    "write_idx",
+]
