@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="neurons (default sigmoid)")
     train.add_argument("--init", choices=INITS, default="normal",
                        help="normal: N(0,1) weights (chapter 1); scaled: N(0,1/n_in) (chapter 3) (default normal)")
-    train.add_argument("--seed", type=int, default=0, help="PRNG seed for initialisation and shuffling (default 0)")
+    # Seed 2 is one of the 15 in 20 seeds whose textbook run does not stall (see README, "Known behaviour").
+    train.add_argument("--seed", type=int, default=2, help="PRNG seed for initialisation and shuffling (default 2)")
     train.add_argument("--target-cost", type=float, default=None,
                        help="stop once the training cost is at or below this value")
     train.add_argument("--validation", action="store_true",
