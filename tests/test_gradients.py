@@ -1,0 +1,82 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gd_jax as gd
+
+
+def _onehot(y, n=10):
+    return jax.nn.one_hot(jnp.asarray(y), n)
+
+
+@pytest.mark.parametrize(("cost", "name"), [
+    (gd.quadratic_cost, "quadratic"),
+    (gd.cross_entropy_cost, "cross-entropy"),
+])
+@pytest.mark.parametrize("sizes", [[784, 30, 10], [784, 16, 12, 10]])
+def test_jax_grad_matches_textbook_backprop(mnist_sample, cost, name, sizes):
+    """jax.grad against the four backpropagation equations, written in numpy."""
+    train = mnist_sample[0]
+    params = gd.init_mlp(jax.random.key(0), sizes, "scaled")
+    x, y = train.x[:100], _onehot(train.y[:100])
+    got = jax.grad(cost)(params, x, y)
+    want = gd.backprop(params, x, y, cost=name)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        # float32 autodiff against a float64 reference: the error is float32 rounding.
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cost", [gd.quadratic_cost, gd.cross_entropy_cost, gd.log_likelihood_cost])
+def test_jax_grad_matches_finite_differences_in_float64(x64, mnist_sample, cost):
+    train = mnist_sample[0]
+    # A small network on a few real pixels keeps the one-parameter-at-a-time loop quick.
+    params = gd.init_mlp(jax.random.key(2), [12, 5, 4], "scaled", dtype=jnp.float64)
+    x = jnp.asarray(train.x[:8, 400:412], jnp.float64)
+    y = jax.nn.one_hot(jnp.asarray(train.y[:8]) % 4, 4, dtype=jnp.float64)
+    got = jax.grad(cost)(params, x, y)
+    want = gd.finite_difference_grad(cost, params, x, y, eps=1e-6)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.dtype == jnp.float64
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cost", [gd.quadratic_cost, gd.cross_entropy_cost, gd.log_likelihood_cost])
+def test_mean_of_per_example_grads_is_the_batch_grad(mnist_sample, cost):
+    train = mnist_sample[0]
+    params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+    x, y = train.x[:50], _onehot(train.y[:50])
+    per_example = gd.per_example_grads(cost, params, x, y)
+    batch = jax.grad(cost)(params, x, y)
+    for pe, b, p in zip(jax.tree.leaves(per_example), jax.tree.leaves(batch), jax.tree.leaves(params)):
+        assert pe.shape == (50, *p.shape)
+        np.testing.assert_allclose(pe.mean(axis=0), b, rtol=1e-4, atol=1e-6)
+    assert jax.tree.structure(gd.batch_grad(cost, params, x, y)) == jax.tree.structure(params)
+
+
+def test_per_example_grads_are_the_single_example_gradients(small_train):
+    params = gd.init_mlp(jax.random.key(5), [784, 8, 10])
+    x, y = small_train.x[:4], _onehot(small_train.y[:4])
+    per_example = gd.per_example_grads(gd.quadratic_cost, params, x, y)
+    grad = jax.jit(jax.grad(gd.quadratic_cost))
+    for i in range(4):
+        single = grad(params, x[i:i + 1], y[i:i + 1])
+        for pe, s in zip(jax.tree.leaves(per_example), jax.tree.leaves(single)):
+            np.testing.assert_allclose(pe[i], s, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_of_a_bound_activation_cost(small_train):
+    """Costs take the hidden activation as a keyword; partial-binding keeps cost(params, x, y)."""
+    params = gd.init_mlp(jax.random.key(0), [784, 20, 10], "scaled")
+    x, y = small_train.x[:30], _onehot(small_train.y[:30])
+    cost = functools.partial(gd.cross_entropy_cost, activation="tanh")
+
+    def by_hand(p):
+        hidden = jnp.tanh(x @ p[0]["w"] + p[0]["b"])
+        z = hidden @ p[1]["w"] + p[1]["b"]
+        return jnp.mean(jnp.sum(-y * jnp.log(jax.nn.sigmoid(z)) - (1 - y) * jnp.log(1 - jax.nn.sigmoid(z)), -1))
+
+    for g, w in zip(jax.tree.leaves(jax.grad(cost)(params, x, y)), jax.tree.leaves(jax.grad(by_hand)(params))):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
