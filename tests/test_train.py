@@ -151,3 +151,25 @@ def test_textbook_run_on_the_sample_reaches_the_known_accuracy(mnist_sample):
                              cost=gd.quadratic_cost, key=shuffle_key)
     assert history["eval_accuracy"][-1] >= 0.88
     assert history["train_cost"][-1] < history["train_cost"][0]
+
+
+def test_make_epoch_vmaps_over_models_and_learning_rates(small_train):
+    """One compile trains several models at once; each equals its own separate run."""
+    x, y = jnp.asarray(small_train.x), jnp.asarray(small_train.y)
+    keys = jax.random.split(jax.random.key(0), 3)
+    rates = jnp.array([0.5, 1.0, 3.0])
+
+    def one_model(key, rate):
+        init_key, shuffle_key = jax.random.split(key)
+        params = gd.init_mlp(init_key, [784, 20, 10])
+        opt = gd.sgd(rate)  # the learning rate as an array: a hyperparameter vmap can batch
+        epoch = gd.make_epoch(gd.quadratic_cost, opt, batch_size=16, n_classes=10)
+        state, finite = epoch(gd.TrainState(params, opt.init(params)), x, y, shuffle_key)
+        return state.params, finite
+
+    batched, finite = jax.jit(jax.vmap(one_model))(keys, rates)
+    assert bool(jnp.all(finite))
+    for i in range(3):
+        single, _ = jax.jit(one_model)(keys[i], rates[i])
+        for b, s in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6)
