@@ -91,3 +91,13 @@ def test_default_command_reaches_the_textbook_accuracy(tmp_path):
     assert history["config"]["sizes"] == [784, 30, 10] and len(history["epochs"]) == 30
     assert history["config"]["learning_rate"] == 3.0 and history["config"]["batch_size"] == 10
     assert history["test_accuracy"] >= 0.88
+
+
+def test_full_mnist_offline_without_data_fails_at_once_with_the_three_ways(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", "--dataset", "mnist", "--data-dir", str(tmp_path / "tfds"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--data-dir" in err and "--idx-dir" in err and "--download" in err
+    assert not out.exists()
