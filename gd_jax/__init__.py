@@ -16,6 +16,14 @@ Example::
 """
 
 from gd_jax.backprop import backprop
+from gd_jax.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_callback,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_cost, quadratic_cost, with_l2
 from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
@@ -29,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "COSTS",
+    "Checkpoint",
+    "CheckpointError",
     "Dataset",
     "DivergenceError",
     "EpochEnd",
@@ -40,6 +50,7 @@ __all__ = [
     "apply_updates",
     "backprop",
     "batch_grad",
+    "checkpoint_callback",
     "cross_entropy_cost",
     "evaluate",
     "finite_difference_grad",
@@ -47,6 +58,8 @@ __all__ = [
     "forward",
     "init_mlp",
     "l2_penalty",
+    "latest_checkpoint",
+    "load_checkpoint",
     "load_mnist",
     "load_params",
     "log_likelihood_cost",
@@ -55,6 +68,7 @@ __all__ = [
     "predict",
     "quadratic_cost",
     "read_idx",
+    "save_checkpoint",
     "save_params",
     "sgd",
     "sgd_update",

@@ -1,27 +1,49 @@
-"""The ``gd-jax`` command: ``train`` a network and ``evaluate`` a trained one.
+"""The ``gd-jax`` command: ``train`` a network (and ``--resume`` one) and ``evaluate`` a trained one.
 
-Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` shows the
-traceback); 3 the run diverged (the run folder keeps the last finite epoch); 130 interrupted.
+A run folder (``--out DIR``) holds ``config.json``, ``history.json``, ``params.npz`` (the
+last finished epoch's parameters, then the final ones), ``history.png`` at the end, and
+``checkpoints/``: the state after each epoch (``epoch-000000.npz`` is the initial state;
+the two newest are kept). Every file is written atomically, so a crash, a SIGKILL or a
+Ctrl-C at any moment leaves each of them whole, and ``gd-jax train --resume DIR``
+continues from the newest checkpoint with the saved config, ending with the parameters
+and history that the uninterrupted run would have had.
+
+Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
+traceback); 3 the run diverged (the run folder keeps the last good epoch); 130 interrupted
+(Ctrl-C; resume with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
-# The files a run folder holds; --overwrite removes exactly these, nothing else.
+# The files a run folder holds; --overwrite removes exactly these (and the checkpoints), nothing else.
 RUN_FILES = ("config.json", "history.json", "params.npz", "history.png")
+CHECKPOINTS = "checkpoints"
+# The settings a run is defined by, saved in config.json and in every checkpoint.
+SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
+            "seed", "target_cost", "dataset", "idx_dir", "data_dir", "validation")
+# What --resume may change: how many epochs in all, and where the (same) data lives.
+RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir")
+# Options that only steer this invocation, never the run.
+INVOCATION_ONLY = ("resume", "no_progress", "download", "debug")
 
 
 class UsageError(ValueError):
@@ -62,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a network and write a run folder",
                                 description="Train a network by mini-batch gradient descent; defaults are the "
-                                            "textbook's chapter 1 run.")
+                                            "textbook's chapter 1 run. With --resume DIR, continue the run in DIR "
+                                            "from its last checkpoint with its saved settings; only --epochs (the "
+                                            "total, to extend a run), --idx-dir and --data-dir may be changed.")
     train.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
-    train.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    train.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
     train.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
     train.add_argument("--learning-rate", "--eta", dest="learning_rate", type=float, default=3.0,
                        help="learning rate eta (default 3.0)")
@@ -82,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate on a validation set held out of the training data (test reported at the end)")
     train.add_argument("--out", help="run folder (default runs/<date-time>)")
     train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR from its last checkpoint, with its saved settings")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     data_options(train)
 
@@ -91,7 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
     evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
     data_options(evaluate)
+    parser.gd_jax_commands = (train, evaluate)
     return parser
+
+
+def _given_options(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options written on the command line (not taken from defaults)."""
+    parser = build_parser()
+    for p in (parser, *parser.gd_jax_commands):
+        for action in p._actions:  # argparse has no public way to ask which options were given
+            if action.dest not in ("help", "command"):
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 def _load_data(args: argparse.Namespace, *, validation: bool = False):
@@ -115,86 +152,289 @@ def _prepare_out(out: str | None, overwrite: bool) -> str:
         raise UsageError(f"--out {out!r} is a file, not a folder; choose another --out")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise UsageError(
-            f"run folder {out!r} already exists and is not empty; pass --overwrite or choose another --out")
+            f"run folder {out!r} already exists and is not empty; pass --overwrite, --resume {out} to continue "
+            "it, or choose another --out")
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create run folder {out!r}: {parent!r} is a file, not a folder; choose another --out")
     target = out if os.path.isdir(out) else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write run folder {out!r}: {target!r} is not writable; choose another --out")
     return out
 
 
-def _train(args: argparse.Namespace) -> int:
-    import jax
+def _make_out(out: str, overwrite: bool) -> None:
+    """Creates the run folder; with ``overwrite``, removes the files of the run it held before."""
+    from gd_jax.checkpoint import list_checkpoints
 
-    import gd_jax as gd
-    from gd_jax.costs import COSTS
-    from gd_jax.data import check_dataset
-    from gd_jax.plotting import plot_history
-    from gd_jax.train import check_fit_arguments
-
-    # Everything is validated before the run folder is touched, so a mistake writes nothing.
-    optimizer = gd.sgd(args.learning_rate, momentum=args.momentum, nesterov=args.nesterov)
-    cost = functools.partial(COSTS[args.cost], activation=args.activation)
-    out = _prepare_out(args.out, args.overwrite)
-    key = jax.random.key(args.seed)
-    init_key, shuffle_key = jax.random.split(key)
-    params = gd.init_mlp(init_key, args.sizes, args.init)
-    splits = _load_data(args, validation=args.validation)
-    train, test = splits[0], splits[-1]
-    eval_data = splits[1] if args.validation else test
-    check_fit_arguments(params, train, eval_data=eval_data, epochs=args.epochs, batch_size=args.batch_size,
-                        target_cost=args.target_cost)
-    check_dataset(test, n_inputs=args.sizes[0], n_classes=args.sizes[-1], name="test data")
-    config = {
-        "sizes": args.sizes, "epochs": args.epochs, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "momentum": args.momentum, "nesterov": args.nesterov,
-        "cost": args.cost, "activation": args.activation, "init": args.init, "seed": args.seed,
-        "target_cost": args.target_cost, "dataset": args.dataset, "idx_dir": args.idx_dir,
-        "data_dir": args.data_dir, "validation": args.validation,
-        "n_train": train.size, "n_eval": eval_data.size,
-        "gd_jax": gd.__version__, "jax": jax.__version__, "device": str(jax.devices()[0]),
-        "python": platform.python_version(),
-    }
-    os.makedirs(out, exist_ok=True)
-    if args.overwrite:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create run folder {out!r} ({e.strerror}); choose another --out") from None
+    if overwrite:
         for name in RUN_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.unlink(os.path.join(out, name))
+        folder = os.path.join(out, CHECKPOINTS)
+        for _, path in list_checkpoints(folder):
+            os.unlink(path)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-"):
+                    os.unlink(os.path.join(folder, name))
+            if not os.listdir(folder):
+                os.rmdir(folder)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds a Ctrl-C back until the block is done, so that the files of one epoch are written together.
+
+    Only in the main thread and with Python's own SIGINT handler in place; elsewhere a no-op.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if received:
+            raise KeyboardInterrupt
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path!r} ({e}); it is damaged: start a new run") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path!r} does not hold a run config; start a new run")
+    return value
+
+
+def _resume_settings(args: argparse.Namespace, given: set[str]) -> tuple[str, dict[str, Any], str | None]:
+    """The run folder, the settings to continue with and the checkpoint to start from (None: epoch 0)."""
+    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
+
+    out = args.resume
+    for flag in ("out", "overwrite"):
+        if flag in given:
+            raise UsageError(f"--{flag} cannot be combined with --resume: --resume {out} continues the run in {out} "
+                             f"itself; drop --{flag}")
+    if not os.path.isdir(out):
+        raise FileNotFoundError(f"run folder not found: {out!r}; pass the --out folder of an earlier gd-jax train")
+    config_path = os.path.join(out, "config.json")
+    checkpoint = latest_checkpoint(os.path.join(out, CHECKPOINTS))
+    if checkpoint is not None:
+        saved = read_checkpoint_manifest(checkpoint)["config"]
+        if os.path.isfile(config_path):
+            # The checkpoint's own config rules; config.json must describe the same run.
+            described = _read_json(config_path)
+            differ = [k for k in SETTINGS if k not in RESUME_MAY_CHANGE and described.get(k) != saved.get(k)]
+            if differ:
+                k = differ[0]
+                raise UsageError(
+                    f"checkpoint {checkpoint!r} was written by another run than {config_path!r} describes "
+                    f"({k} {saved.get(k)!r} there, {described.get(k)!r} here); move the foreign checkpoint away or "
+                    "start a new run")
+    elif os.path.isfile(config_path):
+        saved = _read_json(config_path)  # stopped before its first checkpoint: start at epoch 0
+    else:
+        raise UsageError(f"{out!r} is not a gd-jax run folder (no config.json, no {CHECKPOINTS}/); "
+                         "pass the --out folder of an earlier gd-jax train")
+    missing = [k for k in SETTINGS if k not in saved]
+    if missing:
+        raise UsageError(f"the saved config of {out!r} lacks {', '.join(missing)}; start a new run")
+    settings = {k: saved[k] for k in SETTINGS}
+    for k in sorted(given - set(INVOCATION_ONLY)):
+        value = getattr(args, k)
+        if k in RESUME_MAY_CHANGE:
+            settings[k] = value
+        elif value != settings.get(k):
+            flag = "--" + k.replace("_", "-")
+            raise UsageError(
+                f"{flag} {_show(value)} conflicts with the run's saved {k} {_show(settings.get(k))}; a resumed run "
+                f"keeps its settings (only {', '.join('--' + m.replace('_', '-') for m in RESUME_MAY_CHANGE)} may "
+                f"change): drop {flag}, or start a new run with --out")
+    return out, settings, checkpoint
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _train(args: argparse.Namespace, given: set[str]) -> int:
+    import jax
+
+    import gd_jax as gd
+    from gd_jax.checkpoint import load_checkpoint
+    from gd_jax.costs import COSTS
+    from gd_jax.data import check_dataset
+    from gd_jax.train import check_fit_arguments
+
+    # Everything is validated before the run folder is touched, so a mistake writes nothing.
+    if args.resume is not None:
+        out, settings, checkpoint = _resume_settings(args, given)
+    else:
+        settings, checkpoint = {k: getattr(args, k) for k in SETTINGS}, None
+    run = argparse.Namespace(**settings, download=args.download)
+    optimizer = gd.sgd(run.learning_rate, momentum=run.momentum, nesterov=run.nesterov)
+    cost = functools.partial(COSTS[run.cost], activation=run.activation)
+    if args.resume is None:
+        out = _prepare_out(args.out, args.overwrite)
+    key = jax.random.key(run.seed)
+    init_key, shuffle_key = jax.random.split(key)
+    params = gd.init_mlp(init_key, run.sizes, run.init)
+    splits = _load_data(run, validation=run.validation)
+    train, test = splits[0], splits[-1]
+    eval_data = splits[1] if run.validation else test
+    check_fit_arguments(params, train, eval_data=eval_data, epochs=run.epochs, batch_size=run.batch_size,
+                        target_cost=run.target_cost)
+    check_dataset(test, n_inputs=run.sizes[0], n_classes=run.sizes[-1], name="test data")
+    config = {
+        **settings, "n_train": train.size, "n_eval": eval_data.size,
+        "gd_jax": gd.__version__, "jax": jax.__version__, "device": str(jax.devices()[0]),
+        "python": platform.python_version(),
+    }
+    opt_state, history, done = None, None, 0
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, optimizer.init(params)))
+        for k in ("n_train", "n_eval"):
+            if ckpt.config.get(k) != config[k]:
+                raise UsageError(f"the data changed since the run started: {k} is {config[k]}, the checkpoint was "
+                                 f"trained with {ckpt.config.get(k)}; resume with the same data")
+        params, opt_state, shuffle_key, history, done = (
+            ckpt.state.params, ckpt.state.opt_state, ckpt.key, ckpt.history, ckpt.epoch)
+        if run.epochs < done:
+            raise UsageError(f"--epochs {run.epochs} is fewer than the {done} epochs {out!r} has done; pass "
+                             f"--epochs {done} or more")
+    finished = (history is not None and run.target_cost is not None and len(history) > 0
+                and history.epochs[-1]["train_cost"] <= run.target_cost)
+
+    plan = _Plan(run, out, config, optimizer, cost, params, opt_state, shuffle_key, history, done, finished,
+                 checkpoint, train, eval_data, test)
+    # From here on the run folder is written, every file atomically: an interruption at any
+    # moment leaves each file whole, and the newest checkpoint to resume from.
+    try:
+        return _run(args, plan)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        if not os.path.isfile(os.path.join(out, "config.json")):
+            print(f"gd-jax: interrupted before the run folder {out} was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        state = (f"keeps epoch {plan.done} of {run.epochs}" if plan.done < run.epochs
+                 else "holds the finished training; only the final files are missing")
+        print(f"gd-jax: interrupted; nothing is half-written: the run folder {out} {state}. "
+              f"Continue with: gd-jax train --resume {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A validated run, ready to write: its settings, data, starting state and folder."""
+
+    run: argparse.Namespace  # the settings (SETTINGS) and --download
+    out: str
+    config: dict[str, Any]
+    optimizer: Any
+    cost: Any
+    params: Any
+    opt_state: Any  # None: a fresh optimizer.init(params)
+    key: Any  # the shuffling key given to fit
+    history: Any  # None: a new run
+    done: int  # epochs done, updated as checkpoints are written
+    finished: bool  # the saved run already reached its target cost
+    checkpoint: str | None  # the checkpoint resumed from
+    train: Any
+    eval_data: Any
+    test: Any
+
+
+def _run(args: argparse.Namespace, plan: _Plan) -> int:
+    """Trains and writes the run folder (everything is validated by now)."""
+    import gd_jax as gd
+    from gd_jax.checkpoint import checkpoint_path, save_checkpoint
+    from gd_jax.plotting import plot_history
+    from gd_jax.train import DivergenceError
+
+    run, out, config, history = plan.run, plan.out, plan.config, plan.history
+
+    if args.resume is None:
+        _make_out(out, args.overwrite)
     _write_json(os.path.join(out, "config.json"), config)
+
+    def save(epoch: int, state: gd.TrainState, history: gd.History) -> None:
+        with _interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
+            save_checkpoint(os.path.join(out, CHECKPOINTS), epoch=epoch, state=state, key=plan.key, history=history,
+                            config=config)
+            gd.save_params(os.path.join(out, "params.npz"), state.params)
+            _write_json(os.path.join(out, "history.json"), {"config": config, **history.to_dict()})
+            plan.done = epoch
+
+    if plan.checkpoint is None:
+        save(0, gd.TrainState(plan.params, plan.optimizer.init(plan.params)), gd.History())
+    else:
+        print(f"gd-jax: resuming {out} after epoch {plan.done} of {run.epochs} ({plan.checkpoint})", file=sys.stderr)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=run.epochs, initial=plan.done, unit="epoch", disable=args.no_progress, file=sys.stderr,
+               dynamic_ncols=True)
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
-        gd.save_params(os.path.join(out, "params.npz"), end.state.params)
-        _write_json(os.path.join(out, "history.json"), {"config": config, **end.history.to_dict()})
-        last = end.history.epochs[-1]
-        bar.set_postfix(cost=f"{last['train_cost']:.4f}", acc=f"{last['eval_accuracy']:.4f}")
+        save(end.epoch, end.state, end.history)
+        record = end.history.epochs[-1]
+        bar.set_postfix(cost=f"{record['train_cost']:.4f}", acc=f"{record['eval_accuracy']:.4f}")
         bar.update(1)
 
+    title = f"{run.sizes}, {run.cost} cost, eta={run.learning_rate}, batch {run.batch_size}"
     try:
-        params, history = gd.fit(params, train, eval_data=eval_data, epochs=args.epochs,
-                                 batch_size=args.batch_size, optimizer=optimizer, cost=cost, key=shuffle_key,
-                                 activation=args.activation, target_cost=args.target_cost,
-                                 on_epoch_end=on_epoch_end)
+        if plan.finished:
+            params = plan.params
+            history.stop_reason = "target_cost"
+        else:
+            params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=run.epochs,
+                                     batch_size=run.batch_size, optimizer=plan.optimizer, cost=plan.cost,
+                                     key=plan.key, activation=run.activation, target_cost=run.target_cost,
+                                     opt_state=plan.opt_state, history=history, on_epoch_end=on_epoch_end)
+    except DivergenceError as e:
+        bar.close()
+        if args.debug:
+            traceback.print_exc()
+        kept = checkpoint_path(os.path.join(out, CHECKPOINTS), plan.done)
+        _write_json(os.path.join(out, "history.json"),
+                    {"config": config, **e.history.to_dict(), "divergence": str(e), "last_good_epoch": plan.done})
+        if len(e.history):
+            plot_history(e.history, os.path.join(out, "history.png"), title=title)
+        which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
+        print(f"gd-jax: training diverged: {e} (e.g. --eta {run.learning_rate / 10:g} in a new run); the run folder "
+              f"{out} keeps the last good epoch, {which}: {kept} and params.npz", file=sys.stderr)
+        return EXIT_DIVERGED
     finally:
         bar.close()
-    test_cost, test_accuracy = gd.evaluate(params, test, cost=cost, activation=args.activation)
-    gd.save_params(os.path.join(out, "params.npz"), params)
-    _write_json(os.path.join(out, "history.json"), {
-        "config": config, **history.to_dict(), "test_cost": test_cost, "test_accuracy": test_accuracy})
-    if len(history):
-        plot_history(history, os.path.join(out, "history.png"),
-                     title=f"{args.sizes}, {args.cost} cost, eta={args.learning_rate}, batch {args.batch_size}")
+
+    test = plan.test
+    test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=run.activation)
+    with _interrupts_deferred():
+        gd.save_params(os.path.join(out, "params.npz"), params)
+        _write_json(os.path.join(out, "history.json"), {
+            "config": config, **history.to_dict(), "test_cost": test_cost, "test_accuracy": test_accuracy})
+        if len(history):
+            plot_history(history, os.path.join(out, "history.png"), title=title)
     print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), "
           f"test cost {test_cost:.4f}, {len(history)} epochs in {sum(history['seconds']):.1f} s; run folder {out}")
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, given: set[str]) -> int:
     import gd_jax as gd
     from gd_jax.costs import COSTS
     from gd_jax.data import check_dataset
@@ -204,8 +444,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if os.path.isdir(path):
         config_path = os.path.join(path, "config.json")
         if os.path.isfile(config_path):
-            with open(config_path) as f:
-                config = json.load(f)
+            config = _read_json(config_path)
         path = os.path.join(path, "params.npz")
     params = gd.load_params(path)
     cost_name = args.cost or config.get("cost", "quadratic")
@@ -226,22 +465,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "evaluate": _evaluate}[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        args.debug = debug
+        return {"train": _train, "evaluate": _evaluate}[args.command](args, _given_options(argv))
+    except (ValueError, OSError) as e:  # bad input: bad values, missing or damaged files, unwritable folders
         if debug:
-            raise
+            traceback.print_exc()
         print(f"gd-jax: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("gd-jax: interrupted; files in the run folder are those of the last finished epoch", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print("gd-jax: interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:  # a diverged run, reported by name
-        from gd_jax.train import DivergenceError
-
-        if isinstance(e, DivergenceError) and not debug:
-            print(f"gd-jax: training diverged: {e}; the run folder keeps epoch {e.epoch - 1}", file=sys.stderr)
-            return EXIT_DIVERGED
-        raise
 
 
 if __name__ == "__main__":

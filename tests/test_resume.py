@@ -1,0 +1,180 @@
+"""Runs that survive: SIGKILL and Ctrl-C in the middle of an epoch, then --resume; divergence; extending a run.
+
+The reference for a resumed run is the same run uninterrupted: its final parameters must
+be bit-identical (CPU) and its history the same except the wall-clock ``seconds``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import gd_jax as gd
+from gd_jax.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from gd_jax.cli import main
+
+# Epochs long enough to be killed inside one (5,000 single-example steps, 0.15-0.25 s on a
+# 2-core CPU); momentum, so that the optimizer state must be restored exactly too.
+KILL_RUN = ["--sizes", "784,100,10", "--batch-size", "1", "--epochs", "3", "--cost", "cross-entropy", "--eta", "0.1",
+            "--momentum", "0.5", "--init", "scaled", "--seed", "3", "--no-progress"]
+QUICK = ["--sizes", "784,16,10", "--no-progress"]
+
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, "-m", "gd_jax", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(out, epoch, proc, timeout=120):
+    """Polls until the checkpoint after ``epoch`` epochs exists (the process must still be running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list_checkpoints(out / "checkpoints")
+        if found and found[-1][0] >= epoch:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint for epoch {epoch} within {timeout} s")
+
+
+def _npz(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _without_seconds(history):
+    return {**history, "epochs": [{k: v for k, v in e.items() if k != "seconds"} for e in history["epochs"]]}
+
+
+def _assert_same_run(a, b, *, momentum=False):
+    """Two run folders hold bit-identical params and final state, and the same history but timings."""
+    pa, pb = _npz(a / "params.npz"), _npz(b / "params.npz")
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], strict=True)
+    ca, cb = _npz(latest_checkpoint(a)), _npz(latest_checkpoint(b))
+    arrays = [k for k in ca if k != "manifest.json"]
+    assert arrays == [k for k in cb if k != "manifest.json"]
+    assert any("opt_state/trace" in k for k in arrays) == momentum
+    for k in arrays:  # params, momentum trace, key
+        np.testing.assert_array_equal(ca[k], cb[k], strict=True)
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    assert _without_seconds(ha) == _without_seconds(hb)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    reference = _start(*KILL_RUN, "--out", str(ref))  # runs alongside, on the other core
+    victim = _start(*KILL_RUN, "--out", str(killed))
+    _wait_for_checkpoint(killed, 1, victim)
+    time.sleep(0.03)  # inside epoch 2's 5,000 steps
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    # Killed before the end: the newest checkpoint is an earlier epoch, and no final results were written.
+    done = list_checkpoints(killed)[-1][0]
+    assert 1 <= done < 3
+    assert "test_accuracy" not in json.loads((killed / "history.json").read_text())
+    # What it left is whole: the newest checkpoint loads and verifies (a stray .tmp-* file may remain).
+    params = gd.init_mlp(jax.random.key(0), [784, 100, 10])
+    assert load_checkpoint(killed, like=gd.TrainState(params, gd.sgd(0.1, 0.5).init(params))).epoch == done
+    gd.load_params(killed / "params.npz")
+
+    resumed = subprocess.run([sys.executable, "-m", "gd_jax", "train", "--resume", str(killed), "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {killed} after epoch {done} of 3" in resumed.stderr
+    assert reference.wait(timeout=300) == 0, reference.communicate()
+    _assert_same_run(ref, killed, momentum=True)
+    assert [e for e, _ in list_checkpoints(killed)] == [2, 3]  # bounded: the two newest
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_sample):
+    out = tmp_path / "run"
+    proc = _start(*QUICK, "--epochs", "200", "--out", str(out))
+    _wait_for_checkpoint(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"gd-jax train --resume {out}" in err and "Traceback" not in err
+    # Every file is whole: the JSON parses, the params and the checkpoint load and verify.
+    done, path = list_checkpoints(out)[-1]
+    assert 2 <= done < 200 and f"keeps epoch {done} of 200" in err
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["epochs"]) == done and "test_accuracy" not in history
+    params = gd.load_params(out / "params.npz")
+    like = gd.TrainState(params, gd.sgd(3.0).init(params))
+    ckpt = load_checkpoint(out, like=like)
+    assert ckpt.epoch == done and ckpt.path == path
+    for a, b in zip(jax.tree.leaves(ckpt.state.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp-")]
+    # And it resumes (here to one more epoch, in-process).
+    assert main(["train", "--resume", str(out), "--epochs", str(done + 1)]) == 0
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == done + 1
+
+
+def test_resume_extends_a_run_to_the_same_result_as_one_long_run(tmp_path, capsys):
+    short, long = tmp_path / "short", tmp_path / "long"
+    assert main(["train", *QUICK, "--epochs", "2", "--momentum", "0.9", "--out", str(short)]) == 0
+    assert main(["train", "--resume", str(short), "--epochs", "4", "--no-progress"]) == 0
+    assert main(["train", *QUICK, "--epochs", "4", "--momentum", "0.9", "--out", str(long)]) == 0
+    _assert_same_run(short, long, momentum=True)
+    assert json.loads((short / "config.json").read_text())["epochs"] == 4
+    # Resuming a finished run trains nothing and reports the same result.
+    capsys.readouterr()
+    before = (long / "params.npz").read_bytes()
+    assert main(["train", "--resume", str(long), "--no-progress"]) == 0
+    assert "after epoch 4 of 4" in capsys.readouterr().err
+    assert (long / "params.npz").read_bytes() == before
+
+
+def test_resume_after_the_target_cost_was_reached_trains_no_further(tmp_path):
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    args = [*QUICK, "--epochs", "10", "--target-cost", "0.2"]
+    assert main(["train", *args, "--out", str(ref)]) == 0
+    history = json.loads((ref / "history.json").read_text())
+    assert history["stop_reason"] == "target_cost" and len(history["epochs"]) < 10
+    # A run killed right after its last checkpoint, before its final files: the checkpoint is all it has.
+    assert main(["train", *args, "--out", str(out)]) == 0
+    (out / "history.json").unlink()
+    (out / "params.npz").unlink()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, ref)
+
+
+def test_resume_before_the_first_checkpoint_starts_from_the_saved_config(tmp_path):
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    assert main(["train", *QUICK, "--epochs", "2", "--seed", "7", "--out", str(ref)]) == 0
+    out.mkdir()
+    (out / "config.json").write_bytes((ref / "config.json").read_bytes())  # killed before epoch 0 was saved
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    _assert_same_run(out, ref)
+
+
+@pytest.mark.parametrize("eta", [1e4])
+def test_divergence_exits_3_keeps_a_readable_last_checkpoint_and_suggests_a_smaller_rate(tmp_path, capsys, eta):
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", "--epochs", "3", "--eta", str(eta), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "diverged" in err and "learning rate" in err and f"--eta {eta / 10:g}" in err
+    assert "epoch-000000.npz" in err
+    # The last good checkpoint (the initial state: it diverged in epoch 1) loads, verified, and is finite.
+    params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+    ckpt = load_checkpoint(out, like=gd.TrainState(params, gd.sgd(eta).init(params)))
+    assert ckpt.epoch == 0 and all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(ckpt.state.params))
+    # It is the run's own initialisation: the same params as init_mlp from the run's seed.
+    init_key, _ = jax.random.split(jax.random.key(2))
+    for a, b in zip(jax.tree.leaves(ckpt.state.params), jax.tree.leaves(gd.init_mlp(init_key, [784, 30, 10]))):
+        np.testing.assert_array_equal(a, b)
+    history = json.loads((out / "history.json").read_text())
+    assert history["stop_reason"] == "diverged" and history["last_good_epoch"] == 0 and "44" in history["divergence"]
