@@ -10,7 +10,7 @@ and history that the uninterrupted run would have had.
 
 Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
 traceback); 3 the run diverged (the run folder keeps the last good epoch); 130 interrupted
-(Ctrl-C; resume with ``--resume``).
+(Ctrl-C or SIGTERM; resume with ``--resume``).
 """
 
 from __future__ import annotations
@@ -188,22 +188,45 @@ def _make_out(out: str, overwrite: bool) -> None:
                 os.rmdir(folder)
 
 
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Holds a Ctrl-C back until the block is done, so that the files of one epoch are written together.
+# The signals that interrupt a run: Ctrl-C, and the SIGTERM that `kill` and job schedulers send.
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
-    Only in the main thread and with Python's own SIGINT handler in place; elsewhere a no-op.
+
+@contextlib.contextmanager
+def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """Makes SIGTERM raise KeyboardInterrupt, as SIGINT does, so both stop a run the same clean way.
+
+    Only in the main thread (the only one that may set handlers); elsewhere a no-op.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds an interrupt back until the block is done, so that the files of one epoch are written together.
+
+    Only in the main thread and for signals handled by Python's default KeyboardInterrupt
+    handler; elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred = [s for s in _INTERRUPTS if signal.getsignal(s) is signal.default_int_handler]
+    received: list[int] = []
+    for s in deferred:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for s in deferred:
+            signal.signal(s, signal.default_int_handler)
         if received:
             raise KeyboardInterrupt
 
@@ -466,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.debug = debug
-        return {"train": _train, "evaluate": _evaluate}[args.command](args, _given_options(argv))
+        with _interrupts_as_keyboard_interrupt():
+            return {"train": _train, "evaluate": _evaluate}[args.command](args, _given_options(argv))
     except (ValueError, OSError) as e:  # bad input: bad values, missing or damaged files, unwritable folders
         if debug:
             traceback.print_exc()

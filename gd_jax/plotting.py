@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 
+from gd_jax.serialization import atomic_write_bytes
 from gd_jax.train import History
 
 __all__ = ["plot_history"]
@@ -31,7 +33,7 @@ def plot_history(history: History, path: str | os.PathLike, *, title: str | None
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    tmp = os.fspath(path) + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, png.getvalue())

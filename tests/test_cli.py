@@ -101,3 +101,14 @@ def test_full_mnist_offline_without_data_fails_at_once_with_the_three_ways(tmp_p
     assert err.count("\n") == 1
     assert "--data-dir" in err and "--idx-dir" in err and "--download" in err
     assert not out.exists()
+
+
+def test_run_files_get_the_usual_permissions(tmp_path):
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert main(["train", *QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    for name in ("config.json", "history.json", "params.npz", "history.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name

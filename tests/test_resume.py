@@ -97,11 +97,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical_to_the_uninterrupted_run
 
 
 @pytest.mark.slow
-def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_sample):
+# SIGTERM is what schedulers and `kill` send: it is handled as Ctrl-C is.
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_sample, signum):
     out = tmp_path / "run"
     proc = _start(*QUICK, "--epochs", "200", "--out", str(out))
     _wait_for_checkpoint(out, 2, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert f"gd-jax train --resume {out}" in err and "Traceback" not in err
