@@ -88,7 +88,7 @@ class EpochEnd(NamedTuple):
 
     epoch: int  # 1-based: the number of epochs done
     state: TrainState
-    history: History
+    history: History  # the run's live history: copy it (History.from_dict(h.to_dict())) to keep a snapshot
 
 
 class DivergenceError(RuntimeError):
