@@ -26,16 +26,17 @@ KILL_RUN = ["--sizes", "784,100,10", "--batch-size", "1", "--epochs", "3", "--co
 QUICK = ["--sizes", "784,16,10", "--no-progress"]
 
 
-def _default_signals():
-    # A shell that starts a job in the background (as CI runners may) makes SIGINT ignored in
-    # every child, and Python keeps an ignored SIGINT ignored; a Ctrl-C test needs the
-    # disposition an interactive terminal gives.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# A shell that starts a job in the background (as CI runners may) makes SIGINT ignored in every
+# child, and Python keeps an ignored SIGINT ignored. The child restores what an interactive
+# terminal gives (Python's own handler) before running the command line. (A preexec_fn would do
+# it too, but runs Python code between fork and exec of a multithreaded JAX process.)
+_CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "from gd_jax.cli import main; sys.exit(main())")
 
 
 def _start(*args):
-    return subprocess.Popen([sys.executable, "-m", "gd_jax", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_checkpoint(out, epoch, proc, timeout=120):
