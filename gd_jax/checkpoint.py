@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gd_jax.network import layer_sizes
 from gd_jax.serialization import atomic_write_bytes
 from gd_jax.train import EpochEnd, History, TrainState
 
@@ -157,7 +158,7 @@ def _storable(array: np.ndarray) -> np.ndarray:
 def _sizes(params: Any) -> list[int] | None:
     """Layer sizes of a gd_jax network (list of {"w", "b"}), or None for any other tree."""
     try:
-        return [int(params[0]["w"].shape[0])] + [int(layer["w"].shape[1]) for layer in params]
+        return layer_sizes(params)
     except (TypeError, KeyError, IndexError, AttributeError):
         return None
 
