@@ -1,7 +1,13 @@
 """Shared fixtures: the embedded real MNIST sample, loaded once per session."""
 
+import os
+
 import jax
 import pytest
+
+# The CLI's persistent compilation cache stays out of the tests (and the user's cache folder):
+# tests that exercise it set their own folder. Subprocesses inherit this.
+os.environ.setdefault("GD_JAX_COMPILE_CACHE", "off")
 
 import gd_jax as gd
 
