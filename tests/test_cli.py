@@ -170,10 +170,8 @@ def test_a_platform_jax_cannot_use_gives_one_line_naming_it_and_the_install(tmp_
         env["JAX_PLATFORMS"] = "cuda"
     else:
         args += how.split()
-    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"], env=env,
-                           capture_output=True, text=True, timeout=120)
-    if probe.returncode == 0 and probe.stdout.strip() in ("gpu", "cuda", "tpu"):
-        pytest.skip(f"this machine has the platform ({probe.stdout.strip()})")
+    if jax.default_backend() != "cpu":  # JAX picks an accelerator by default when it has one
+        pytest.skip(f"this machine has an accelerator ({jax.default_backend()})")
     done = subprocess.run([sys.executable, "-m", "gd_jax", *args], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
@@ -298,6 +296,7 @@ def test_history_png_for_the_epochs_before_a_divergence_and_none_without_epochs(
     assert sorted(os.listdir(empty)) == ["checkpoints", "config.json", "history.json", "params.npz"]
 
 
+@pytest.mark.slow
 def test_the_persistent_compilation_cache_fills_its_folder_and_can_be_turned_off(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "GD_JAX_COMPILE_CACHE": str(cache)}
