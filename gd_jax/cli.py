@@ -384,12 +384,21 @@ def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int
 
 
 def _divergence(e: Any, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The message and the structured record of a divergence."""
-    fact = {"epoch": e.epoch, "message": str(e)}
-    for name in ("reason", "growth", "max_growth"):
-        if hasattr(e, name):
-            fact[name] = getattr(e, name)
-    return str(e), fact
+    """The one-line message and the structured record of a divergence, in the command line's words."""
+    growth = e.growth if math.isfinite(e.growth) else None
+    fact = {"epoch": e.epoch, "reason": "growth" if e.cost_finite and growth is not None else "nonfinite",
+            "growth": growth, "max_growth": e.max_growth, "cost_finite": e.cost_finite, "message": str(e)}
+    smaller = f"--eta {settings['learning_rate'] / 10:g}"
+    if fact["reason"] == "growth":
+        saturates = settings["activation"] in ("sigmoid", "tanh")  # bounded neurons saturate; relu's grow on
+        what = "saturating the network" if saturates else "far beyond their starting scale"
+        message = (f"the parameters grew {growth:.3g}x in epoch {e.epoch}, more than --max-growth {e.max_growth:g}: "
+                   f"{what}; the learning rate is probably too large: try {smaller} in a new run (or, if the run "
+                   f"was healthy, resume it with a larger --max-growth, or --max-growth off)")
+    else:
+        message = (f"the cost became NaN or infinite in epoch {e.epoch}; the learning rate is probably too large: "
+                   f"try {smaller} in a new run")
+    return message, fact
 
 
 def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
@@ -445,8 +454,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
                                                "last_good_epoch": plan.done})
             runs.write_figures(folder, e.history, config)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
-        print(f"gd-jax: training diverged: {message} (e.g. --eta {s['learning_rate'] / 10:g} in a new run); the run "
-              f"folder {folder.path} keeps the last good epoch, {which}: {kept} and params.npz", file=sys.stderr)
+        print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
+              f"{which}: {kept} and params.npz", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt:
         progress.close()
@@ -468,7 +477,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         runs.write_figures(folder, history, config)
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
-    compile_seconds = getattr(history, "compile_seconds", 0.0)
+    compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do
     print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), test cost "
           f"{test_cost:.4f}; {plural(trained, 'epoch')} trained in {seconds:.1f} s, compiling {compile_seconds:.1f} "
           f"s; run folder {folder.path}")

@@ -192,4 +192,6 @@ def test_divergence_exits_3_keeps_a_readable_last_checkpoint_and_suggests_a_smal
         np.testing.assert_array_equal(a, b)
     history = json.loads((out / "history.json").read_text())
     assert history["stop_reason"] == "diverged" and history["last_good_epoch"] == 0
-    assert history["divergence"]["epoch"] == 1 and "44" in history["divergence"]["message"]
+    fact = history["divergence"]  # the structured fact, not a number in a message
+    assert fact["epoch"] == 1 and fact["reason"] == "growth" and fact["cost_finite"] is True
+    assert fact["max_growth"] == 10.0 and fact["growth"] > fact["max_growth"]
