@@ -239,8 +239,9 @@ def test_without_a_terminal_one_plain_labelled_line_per_epoch(tmp_path, capsys):
     assert "\r" not in captured.err and len(lines) == 2
     history = json.loads((out / "history.json").read_text())
     for line, record in zip(lines, history["epochs"]):
-        assert line.startswith(f"epoch {record['epoch']}/2: train cost {record['train_cost']:.4f}, "
-                               f"validation accuracy {record['eval_accuracy']:.4f}, ")
+        assert line.startswith(f"epoch {record['epoch']}/2: train cost {record['train_cost']:.4f}, train accuracy "
+                               f"{record['train_accuracy']:.4f}, validation accuracy {record['eval_accuracy']:.4f}, "
+                               f"{record['seconds']:.2f} s training, ")
     # --no-progress silences them.
     assert main(["train", *QUICK, "--epochs", "2", "--out", str(tmp_path / "quiet")]) == 0
     assert capsys.readouterr().err == ""
