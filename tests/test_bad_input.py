@@ -384,7 +384,7 @@ def test_cli_read_only_parent_is_refused(tmp_path, capsys):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", str(parent / "run")], "is not writable")
+        _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", str(parent / "run")], "(Permission denied)")
     finally:
         parent.chmod(0o755)
 
