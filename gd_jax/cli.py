@@ -31,11 +31,11 @@ EXIT_INTERRUPTED = 130
 
 # The settings a run is defined by, saved in config.json and in every checkpoint.
 SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
-            "seed", "target_cost", "max_growth", "dataset", "idx_dir", "data_dir", "validation")
+            "seed", "target_cost", "max_growth", "lmbda", "patience", "dataset", "idx_dir", "data_dir", "validation")
 # What --resume may change: how many epochs in all, where the (same) data lives, the divergence threshold.
 RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
 # Settings added after runs were first written, with the value those older runs used.
-SETTING_DEFAULTS = {"max_growth": 10.0}
+SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None}
 # Options that only steer this invocation, never the run.
 INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite")
 
@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-growth", type=_max_growth, default=10.0,
                        help="count the run as diverged when the parameters' root mean square grows more than this "
                             "many times in one epoch; 'off' never (default 10)")
+    train.add_argument("--lmbda", type=float, default=None,
+                       help="L2 regularisation lambda: adds lambda/(2n) sum w^2 to the cost, n the training examples "
+                            "(the textbook's chapter 3; default none)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="early stopping: stop when the evaluation accuracy has not improved for this many epochs, "
+                            "and keep the best epoch's parameters (use with --validation)")
     train.add_argument("--validation", action="store_true",
                        help="evaluate on a validation set held out of the training data (test reported at the end)")
     train.add_argument("--out", help="run folder (default runs/<date-time>)")
@@ -237,6 +243,12 @@ def _check_flags(s: dict[str, Any]) -> None:
     target = s["target_cost"]
     if target is not None and not (math.isfinite(target) and target >= 0):
         raise UsageError(f"--target-cost must be a finite number >= 0, got {target}; e.g. --target-cost 0.01")
+    lmbda = s["lmbda"]
+    if lmbda is not None and not (math.isfinite(lmbda) and lmbda >= 0):
+        raise UsageError(f"--lmbda must be a finite number >= 0, got {lmbda}; the textbook uses 5.0 on 50,000 digits")
+    patience = s["patience"]
+    if patience is not None and patience < 1:
+        raise UsageError(f"--patience must be an integer >= 1, got {patience}; e.g. --patience 10")
     growth = s["max_growth"]
     if growth is not None and not growth > 1:  # inf is fine: the same as off
         raise UsageError(f"--max-growth must be a number > 1 or 'off', got {growth}; the default is 10")
@@ -279,6 +291,7 @@ class _Plan:
     train: Any
     eval_data: Any
     test: Any
+    best_params: Any = None  # with --patience, resumed: the parameters of the best epoch so far
 
 
 def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> tuple[str | None, _Plan]:
@@ -287,7 +300,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
 
     import gd_jax as gd
     from gd_jax.checkpoint import load_checkpoint
-    from gd_jax.costs import COSTS
+    from gd_jax.costs import COSTS, with_l2
     from gd_jax.data import check_dataset
     from gd_jax.train import check_fit_arguments
 
@@ -316,6 +329,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
                         download=args.download, validation=settings["validation"])
     train, test = splits[0], splits[-1]
     eval_data = splits[1] if settings["validation"] else test
+    if settings["lmbda"]:  # the textbook's L2: lambda / (2n) sum w^2, n the whole training set's size
+        cost = with_l2(cost, settings["lmbda"], train.size)
     if not 1 <= settings["batch_size"] <= train.size:
         raise UsageError(f"--batch-size must be between 1 and {train.size} (the training examples), got "
                          f"{settings['batch_size']}; 1 is stochastic, {train.size} full-batch gradient descent, the "
@@ -323,7 +338,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     with bad_input():
         check_fit_arguments(params, train, eval_data=eval_data, epochs=settings["epochs"],
                             batch_size=settings["batch_size"], target_cost=settings["target_cost"],
-                            max_growth=settings["max_growth"])
+                            max_growth=settings["max_growth"], patience=settings["patience"])
         check_dataset(test, n_inputs=settings["sizes"][0], n_classes=settings["sizes"][-1], name="test data")
     datasets = {"train": train, "test": test}
     if settings["validation"]:
@@ -334,7 +349,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         "data_sha256": runs.data_fingerprint(datasets),
         "segments": [dict(s) for s in saved.get("segments", [])],
     }
-    opt_state, history, done = None, None, 0
+    opt_state, history, done, best_params = None, None, 0, None
     if checkpoint is not None:
         with bad_input():
             ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, optimizer.init(params)))
@@ -345,6 +360,10 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         runs.check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
         params, opt_state, shuffle_key, history, done = (
             ckpt.state.params, ckpt.state.opt_state, ckpt.key, ckpt.history, ckpt.epoch)
+        if settings["patience"] is not None and history.best_epoch is not None:
+            best_path = os.path.join(out, runs.best_params_name(history.best_epoch))
+            with bad_input():
+                best_params = gd.load_params(best_path)
         if settings["epochs"] < done:
             raise UsageError(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} has "
                              f"done; pass --epochs {done} or more")
@@ -355,7 +374,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
             segment["last_epoch"] = done
     config["segments"].append(runs.environment(command, first_epoch=done + 1))
     plan = _Plan(settings, config, optimizer, cost, params, opt_state, shuffle_key, history, done, checkpoint,
-                 train, eval_data, test)
+                 train, eval_data, test, best_params)
     return out, plan
 
 
@@ -410,10 +429,15 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     s, config = plan.settings, plan.config
     history = plan.history
 
-    def save(epoch: int, state: gd.TrainState, history: gd.History) -> None:
+    def save(epoch: int, state: gd.TrainState, history: gd.History, best_params: Any = None) -> None:
         with runs.interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
+            new_best = best_params is not None and history.best_epoch == epoch  # what --patience returns
+            if new_best:  # before the checkpoint that records it
+                gd.save_params(folder.file(runs.best_params_name(epoch)), best_params)
             save_checkpoint(folder.checkpoints, epoch=epoch, state=state, key=plan.key, history=history,
                             config=config)
+            if new_best:
+                runs.remove_best_params_except(folder.path, epoch)
             gd.save_params(folder.file("params.npz"), state.params)
             folder.write_json("history.json", {"config": config, **history.to_dict()})
             plan.done = epoch
@@ -428,7 +452,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     live = {"history": history if history is not None else gd.History()}
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
-        save(end.epoch, end.state, end.history)
+        save(end.epoch, end.state, end.history, end.best_params)
         live["history"] = end.history
         progress.epoch_end(end.history.epochs[-1])
 
@@ -440,8 +464,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"],
                                  batch_size=s["batch_size"], optimizer=plan.optimizer, cost=plan.cost,
                                  key=plan.key, activation=s["activation"], target_cost=s["target_cost"],
-                                 max_growth=s["max_growth"], opt_state=plan.opt_state, history=history,
-                                 on_epoch_end=on_epoch_end)
+                                 max_growth=s["max_growth"], patience=s["patience"], opt_state=plan.opt_state,
+                                 history=history, best_params=plan.best_params, on_epoch_end=on_epoch_end)
     except DivergenceError as e:
         progress.close()
         if args.debug:
@@ -478,6 +502,12 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
     compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do
+    if s["patience"] is not None and history.best_epoch is not None:
+        best = history.best_epoch
+        why = (f"stopped early: no better {config['eval_data']} accuracy in the {plural(s['patience'], 'epoch')} "
+               f"after epoch {best}" if history.stop_reason == "early_stopping"
+               else f"the best {config['eval_data']} accuracy was epoch {best}'s")
+        print(f"{why}; params.npz holds epoch {best}'s parameters (also {runs.best_params_name(best)})")
     print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), test cost "
           f"{test_cost:.4f}; {plural(trained, 'epoch')} trained in {seconds:.1f} s, compiling {compile_seconds:.1f} "
           f"s; run folder {folder.path}")

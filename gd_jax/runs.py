@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "EpochProgress",
     "RunFolder",
     "bad_input",
+    "best_params_name",
     "claim_run_folder",
     "clean_run_files",
     "data_fingerprint",
@@ -69,6 +71,9 @@ __all__ = [
 
 # The files a run folder holds; --overwrite removes exactly these (and the checkpoints), nothing else.
 RUN_FILES = ("config.json", "history.json", "params.npz", "history.png")
+# With early stopping: the parameters of the best epoch so far, named by their epoch, so that a
+# checkpoint always finds the file of the best epoch it records (the older one is removed after).
+_BEST = re.compile(r"^best-epoch-(\d{6,})\.npz$")
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"
 _TMP_PREFIX = ".tmp-"  # what serialization.atomic_write_bytes names its temporary files
@@ -180,12 +185,30 @@ def clean_run_files(folder: str | os.PathLike) -> None:
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, name))
+    for name in os.listdir(folder):
+        if _BEST.match(name):
+            os.unlink(os.path.join(folder, name))
     checkpoints = os.path.join(folder, CHECKPOINTS)
     for _, path in list_checkpoints(checkpoints):
         os.unlink(path)
     remove_stale_temporaries(folder)
     if os.path.isdir(checkpoints) and not os.listdir(checkpoints):
         os.rmdir(checkpoints)
+
+
+def best_params_name(epoch: int) -> str:
+    """The file holding the parameters of the best epoch so far (early stopping), e.g. ``best-epoch-000012.npz``."""
+    return f"best-epoch-{epoch:06d}.npz"
+
+
+def remove_best_params_except(folder: str | os.PathLike, epoch: int | None) -> None:
+    """Removes the best-epoch parameter files of other epochs than ``epoch``."""
+    folder = os.fspath(folder)
+    for name in os.listdir(folder):
+        match = _BEST.match(name)
+        if match and int(match.group(1)) != epoch:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
 
 
 # --- claiming a folder --------------------------------------------------------------------------------------------

@@ -312,3 +312,69 @@ def test_the_persistent_compilation_cache_fills_its_folder_and_can_be_turned_off
                               env={**os.environ, **extra_env}, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     assert not off.exists()
+
+
+# --- L2 regularisation and early stopping ----------------------------------------------------------------------
+
+
+def test_lmbda_is_the_textbooks_weight_decay(tmp_path, mnist_sample):
+    """Reference: optax's weight decay on the weights only, lambda / n, chained before plain SGD, unregularised cost."""
+    import optax
+
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "2", "--eta", "0.5", "--cost", "cross-entropy", "--lmbda", "5",
+                 "--seed", "3", "--out", str(out)]) == 0
+    train = mnist_sample[0]
+    init_key, shuffle_key = jax.random.split(jax.random.key(3))
+    params = gd.init_mlp(init_key, [784, 16, 10])
+    weights_only = [{"w": True, "b": False} for _ in params]
+    decay = optax.chain(optax.add_decayed_weights(5 / train.size, mask=weights_only), optax.sgd(0.5))
+    reference, _ = gd.fit(params, train, epochs=2, batch_size=10, optimizer=decay, cost=gd.cross_entropy_cost,
+                          key=shuffle_key)
+    saved = gd.load_params(out / "params.npz")
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(saved)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    plain, _ = gd.fit(params, train, epochs=2, batch_size=10, optimizer=gd.sgd(0.5), cost=gd.cross_entropy_cost,
+                      key=shuffle_key)
+    assert np.abs(np.asarray(plain[0]["w"]) - np.asarray(saved[0]["w"])).max() > 1e-3  # the decay did something
+    assert json.loads((out / "config.json").read_text())["lmbda"] == 5.0
+
+
+def test_patience_stops_early_and_keeps_the_best_epochs_params(tmp_path, capsys, mnist_sample):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "12", "--validation", "--patience", "2", "--seed", "2",
+                 "--out", str(out)]) == 0
+    history = json.loads((out / "history.json").read_text())
+    accuracies = [e["eval_accuracy"] for e in history["epochs"]]
+    best = int(np.argmax(accuracies)) + 1  # numpy's first maximum: the reference for the best epoch
+    assert history["best_epoch"] == best
+    if history["stop_reason"] == "early_stopping":
+        assert len(accuracies) == best + 2
+    line = capsys.readouterr().out
+    assert f"params.npz holds epoch {best}'s parameters" in line
+    # The Python API with the same settings returns the same best parameters.
+    train, validation, _ = gd.load_mnist("sample", validation=True)
+    init_key, shuffle_key = jax.random.split(jax.random.key(2))
+    params, ref_history = gd.fit(gd.init_mlp(init_key, [784, 16, 10]), train, eval_data=validation, epochs=12,
+                                 batch_size=10, optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=shuffle_key,
+                                 patience=2)
+    assert ref_history.best_epoch == best
+    saved, kept = gd.load_params(out / "params.npz"), gd.load_params(out / f"best-epoch-{best:06d}.npz")
+    for a, b, c in zip(jax.tree.leaves(params), jax.tree.leaves(saved), jax.tree.leaves(kept)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_patience_resumes_exactly(tmp_path):
+    short, long = tmp_path / "short", tmp_path / "long"
+    args = [*QUICK, "--validation", "--patience", "3", "--seed", "5"]
+    assert main(["train", *args, "--epochs", "3", "--out", str(short)]) == 0
+    assert main(["train", "--resume", str(short), "--epochs", "8", "--no-progress"]) == 0
+    assert main(["train", *args, "--epochs", "8", "--out", str(long)]) == 0
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (short, long))
+    assert [e["eval_accuracy"] for e in ha["epochs"]] == [e["eval_accuracy"] for e in hb["epochs"]]
+    assert ha["best_epoch"] == hb["best_epoch"] and ha["stop_reason"] == hb["stop_reason"]
+    for a, b in zip(jax.tree.leaves(gd.load_params(short / "params.npz")),
+                    jax.tree.leaves(gd.load_params(long / "params.npz"))):
+        np.testing.assert_array_equal(a, b)
+    assert [n for n in os.listdir(short) if n.startswith("best-epoch-")] == [f"best-epoch-{hb['best_epoch']:06d}.npz"]
