@@ -49,12 +49,16 @@ from gd_jax.serialization import atomic_write_bytes
 
 __all__ = [
     "CHECKPOINTS",
+    "CONFIG",
     "RUN_FILES",
+    "SEED_LIMIT",
     "BadInput",
     "EpochProgress",
     "RunFolder",
     "bad_input",
     "best_params_name",
+    "check_out",
+    "check_same_data",
     "claim_run_folder",
     "clean_run_files",
     "data_fingerprint",
@@ -63,9 +67,14 @@ __all__ = [
     "interrupts_as_keyboard_interrupt",
     "interrupts_deferred",
     "open_run_folder",
+    "plural",
     "read_json",
+    "remove_best_params_except",
+    "remove_stale_temporaries",
     "resume_settings",
     "seed_key",
+    "title_of",
+    "write_figures",
     "write_json",
 ]
 

@@ -378,3 +378,21 @@ def test_patience_resumes_exactly(tmp_path):
                     jax.tree.leaves(gd.load_params(long / "params.npz"))):
         np.testing.assert_array_equal(a, b)
     assert [n for n in os.listdir(short) if n.startswith("best-epoch-")] == [f"best-epoch-{hb['best_epoch']:06d}.npz"]
+
+
+@pytest.mark.parametrize("activation, saturating", [("sigmoid", True), ("tanh", True), ("relu", False)])
+def test_divergence_message_speaks_in_flags_and_says_saturating_only_for_bounded_neurons(activation, saturating):
+    from gd_jax.cli import _divergence
+    from gd_jax.train import DivergenceError
+
+    e = DivergenceError("library words", epoch=2, history=gd.History(), last_finite=None, growth=44.0,
+                        max_growth=10.0, cost_finite=True)
+    message, fact = _divergence(e, {"learning_rate": 1e4, "activation": activation})
+    assert ("saturating" in message) == saturating
+    assert "--max-growth 10" in message and "--eta 1000" in message and "max_growth=" not in message
+    assert fact == {"epoch": 2, "reason": "growth", "growth": 44.0, "max_growth": 10.0, "cost_finite": True,
+                    "message": "library words"}
+    nan = DivergenceError("nan", epoch=1, history=gd.History(), last_finite=None, growth=float("nan"),
+                          max_growth=10.0, cost_finite=False)
+    message, fact = _divergence(nan, {"learning_rate": 3.0, "activation": activation})
+    assert fact["reason"] == "nonfinite" and fact["growth"] is None and "NaN or infinite" in message
