@@ -277,21 +277,21 @@ def test_a_second_fit_with_equal_settings_compiles_nothing(small_train):
 
 
 def test_compilation_happens_before_the_first_epoch_is_timed(small_train):
+    """Every compile of a fit falls inside the compile_seconds it reports, none inside an epoch's seconds."""
     params = gd.init_mlp(jax.random.key(0), [784, 26, 10])  # a shape no other test compiles
-    compiles, epochs_seen = [], []
+    compiles = []
 
     def listener(name, seconds, **_):
         if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(len(epochs_seen))  # how many epochs had ended when this compile happened
+            compiles.append(seconds)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         _, history = gd.fit(params, small_train, epochs=3, batch_size=10, optimizer=gd.sgd(3.0),
-                            cost=gd.quadratic_cost, key=jax.random.key(0), on_epoch_end=epochs_seen.append)
+                            cost=gd.quadratic_cost, key=jax.random.key(0))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles and set(compiles) == {0}  # every compile before epoch 1 ended
-    assert history.compile_seconds > 0
+    assert len(compiles) >= 2 and history.compile_seconds >= sum(compiles)
 
 
 def test_train_accuracy_is_the_accuracy_on_the_training_set(small_train):
