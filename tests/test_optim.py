@@ -359,7 +359,9 @@ def test_every_optimizer_is_an_optax_gradient_transformation_with_extra_args():
 
 # --- 8. equal hyperparameters, equal optimizers, one compile ---------------------------------
 
+SHARED_RATE = jnp.asarray(3.0)
 EQUAL_PAIRS = {
+    "the same array object": lambda: gd.sgd(SHARED_RATE, momentum=0.9),
     "plain": lambda: gd.sgd(3.0),
     "momentum": lambda: gd.sgd(3.0, momentum=0.9, nesterov=True),
     "numpy scalars": lambda: gd.sgd(np.float32(3.0), momentum=np.float64(0.9)),
@@ -393,8 +395,6 @@ def test_different_hyperparameters_or_objects_are_unequal_and_hashable(a, b):
     a, b = a(), b()
     assert a != b
     hash(a), hash(b)  # never raises, whatever the hyperparameters
-    array = jnp.asarray(3.0)
-    assert gd.sgd(array) == gd.sgd(array)  # the same array object: equal
 
 
 def test_jit_compiles_once_for_equal_optimizers_built_apart(small_train, params):
@@ -423,7 +423,8 @@ def _weights_only(params):
 
 
 @pytest.mark.parametrize("mask", ["textbook", "tree", "callable", "all", "prefix"])
-def test_add_decayed_weights_equals_optax(small_train, params, mask):
+@pytest.mark.parametrize("weight_decay", [0.01, np.float32(0.01), 0.0])
+def test_add_decayed_weights_equals_optax(small_train, params, mask, weight_decay):
     ours_mask, theirs_mask = {
         "textbook": (None, _weights_only(params)),
         "tree": (_weights_only(params), _weights_only(params)),
@@ -432,14 +433,17 @@ def test_add_decayed_weights_equals_optax(small_train, params, mask):
         "prefix": ([True, False], [True, False]),  # the whole first layer decays, the second not
     }[mask]
     grads = _first_grads(params, small_train)
-    ours_opt = gd.add_decayed_weights(0.01, ours_mask)
-    theirs_opt = optax.add_decayed_weights(0.01, theirs_mask)
+    params = [{"w": layer["w"].at[0, 0].set(jnp.inf), "b": layer["b"]} for layer in params]  # 0 * inf: skipped
+    ours_opt = gd.add_decayed_weights(weight_decay, ours_mask)
+    theirs_opt = optax.add_decayed_weights(weight_decay, theirs_mask)
     ours, theirs = ours_opt.update(grads, ours_opt.init(params), params), theirs_opt.update(
         grads, theirs_opt.init(params), params)
     _assert_same(ours, theirs)
-    if mask == "textbook":  # weights decay, biases never
+    if mask == "textbook" and weight_decay:  # weights decay, biases never
         np.testing.assert_array_equal(ours[0][1]["b"], grads[1]["b"])
         assert not np.array_equal(ours[0][1]["w"], grads[1]["w"])
+    if not weight_decay:  # a decay of 0 leaves the gradient as it is, even where a weight is infinite
+        _assert_same(ours[0], grads)
 
 
 def test_textbook_l2_step_equals_training_the_l2_cost(small_train, params):
