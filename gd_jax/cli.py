@@ -31,11 +31,12 @@ EXIT_INTERRUPTED = 130
 
 # The settings a run is defined by, saved in config.json and in every checkpoint.
 SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
-            "seed", "target_cost", "max_growth", "lmbda", "patience", "dataset", "idx_dir", "data_dir", "validation")
+            "seed", "target_cost", "max_growth", "lmbda", "patience", "eta_schedule",
+            "dataset", "idx_dir", "data_dir", "validation")
 # What --resume may change: how many epochs in all, where the (same) data lives, the divergence threshold.
 RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
 # Settings added after runs were first written, with the value those older runs used.
-SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None}
+SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_schedule": None}
 # Options that only steer this invocation, never the run.
 INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite")
 
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=None,
                        help="early stopping: stop when the evaluation accuracy has not improved for this many epochs, "
                             "and keep the best epoch's parameters (use with --validation)")
+    train.add_argument("--eta-schedule", type=int, default=None, metavar="N",
+                       help="halve eta each time the evaluation accuracy has not improved for N epochs; stop once it "
+                            "is 1/128 of its start (the textbook's schedule; use with --validation)")
     train.add_argument("--validation", action="store_true",
                        help="evaluate on a validation set held out of the training data (test reported at the end)")
     train.add_argument("--out", help="run folder (default runs/<date-time>)")
@@ -246,9 +250,9 @@ def _check_flags(s: dict[str, Any]) -> None:
     lmbda = s["lmbda"]
     if lmbda is not None and not (math.isfinite(lmbda) and lmbda >= 0):
         raise UsageError(f"--lmbda must be a finite number >= 0, got {lmbda}; the textbook uses 5.0 on 50,000 digits")
-    patience = s["patience"]
-    if patience is not None and patience < 1:
-        raise UsageError(f"--patience must be an integer >= 1, got {patience}; e.g. --patience 10")
+    for flag, value in (("--patience", s["patience"]), ("--eta-schedule", s["eta_schedule"])):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be an integer >= 1, got {value}; e.g. {flag} 10")
     growth = s["max_growth"]
     if growth is not None and not growth > 1:  # inf is fine: the same as off
         raise UsageError(f"--max-growth must be a number > 1 or 'off', got {growth}; the default is 10")
@@ -281,6 +285,7 @@ class _Plan:
     settings: dict[str, Any]
     config: dict[str, Any]
     optimizer: Any
+    stateful: Any  # what the optimizer state is the state of (the optimizer, or its eta-schedule wrapper)
     cost: Any
     params: Any
     opt_state: Any  # None: a fresh optimizer.init(params)
@@ -319,6 +324,9 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     _check_flags({**settings, "download": args.download})
     key = runs.seed_key(settings["seed"])
     optimizer = gd.sgd(settings["learning_rate"], momentum=settings["momentum"], nesterov=settings["nesterov"])
+    # With the schedule, fit wraps the optimizer so that its state carries the learning-rate scale:
+    # checkpoints hold that state.
+    stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
     cost = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])
     if args.resume is None:
         runs.check_out(out, overwrite=args.overwrite)
@@ -338,7 +346,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     with bad_input():
         check_fit_arguments(params, train, eval_data=eval_data, epochs=settings["epochs"],
                             batch_size=settings["batch_size"], target_cost=settings["target_cost"],
-                            max_growth=settings["max_growth"], patience=settings["patience"])
+                            max_growth=settings["max_growth"], patience=settings["patience"],
+                            eta_halving=settings["eta_schedule"])
         check_dataset(test, n_inputs=settings["sizes"][0], n_classes=settings["sizes"][-1], name="test data")
     datasets = {"train": train, "test": test}
     if settings["validation"]:
@@ -352,7 +361,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     opt_state, history, done, best_params = None, None, 0, None
     if checkpoint is not None:
         with bad_input():
-            ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, optimizer.init(params)))
+            ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, stateful.init(params)))
         for k in ("n_train", "n_eval"):
             if ckpt.config.get(k) != config[k]:
                 raise BadInput(f"the data changed since the run started: {k} is {config[k]}, the checkpoint was "
@@ -373,8 +382,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         if segment.get("last_epoch") is None or segment["last_epoch"] > done:
             segment["last_epoch"] = done
     config["segments"].append(runs.environment(command, first_epoch=done + 1))
-    plan = _Plan(settings, config, optimizer, cost, params, opt_state, shuffle_key, history, done, checkpoint,
-                 train, eval_data, test, best_params)
+    plan = _Plan(settings, config, optimizer, stateful, cost, params, opt_state, shuffle_key, history, done,
+                 checkpoint, train, eval_data, test, best_params)
     return out, plan
 
 
@@ -443,7 +452,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
             plan.done = epoch
 
     if plan.checkpoint is None:
-        save(0, gd.TrainState(plan.params, plan.optimizer.init(plan.params)), gd.History())
+        save(0, gd.TrainState(plan.params, plan.stateful.init(plan.params)), gd.History())
     else:
         print(f"gd-jax: resuming {folder.path} after epoch {plan.done} of {s['epochs']} ({plan.checkpoint})",
               file=sys.stderr)
@@ -464,7 +473,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"],
                                  batch_size=s["batch_size"], optimizer=plan.optimizer, cost=plan.cost,
                                  key=plan.key, activation=s["activation"], target_cost=s["target_cost"],
-                                 max_growth=s["max_growth"], patience=s["patience"], opt_state=plan.opt_state,
+                                 max_growth=s["max_growth"], patience=s["patience"], eta_halving=s["eta_schedule"],
+                                 opt_state=plan.opt_state,
                                  history=history, best_params=plan.best_params, on_epoch_end=on_epoch_end)
     except DivergenceError as e:
         progress.close()
@@ -508,6 +518,9 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
                f"after epoch {best}" if history.stop_reason == "early_stopping"
                else f"the best {config['eval_data']} accuracy was epoch {best}'s")
         print(f"{why}; params.npz holds epoch {best}'s parameters (also {runs.best_params_name(best)})")
+    if history.stop_reason == "eta_schedule":
+        print(f"stopped by the schedule: eta fell to 1/128 of {s['learning_rate']:g} after "
+              f"{plural(len(history), 'epoch')}")
     print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), test cost "
           f"{test_cost:.4f}; {plural(trained, 'epoch')} trained in {seconds:.1f} s, compiling {compile_seconds:.1f} "
           f"s; run folder {folder.path}")

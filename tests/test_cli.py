@@ -396,3 +396,28 @@ def test_divergence_message_speaks_in_flags_and_says_saturating_only_for_bounded
                           max_growth=10.0, cost_finite=False)
     message, fact = _divergence(nan, {"learning_rate": 3.0, "activation": activation})
     assert fact["reason"] == "nonfinite" and fact["growth"] is None and "NaN or infinite" in message
+
+
+def test_eta_schedule_halves_as_the_api_does_and_resumes_exactly(tmp_path, capsys):
+    short, long = tmp_path / "short", tmp_path / "long"
+    args = [*QUICK, "--validation", "--eta-schedule", "1", "--seed", "2"]
+    assert main(["train", *args, "--epochs", "25", "--out", str(long)]) == 0
+    history = json.loads((long / "history.json").read_text())
+    # Each record holds the scale its epoch trained with: the last trained with 1/64, then it fell to 1/128.
+    assert history["stop_reason"] == "eta_schedule" and history["epochs"][-1]["learning_rate_scale"] == 1 / 64
+    assert "stopped by the schedule: eta fell to 1/128 of 3" in capsys.readouterr().out
+    # The reference: fit's own schedule through the Python API.
+    train, validation, _ = gd.load_mnist("sample", validation=True)
+    init_key, shuffle_key = jax.random.split(jax.random.key(2))
+    params, ref = gd.fit(gd.init_mlp(init_key, [784, 16, 10]), train, eval_data=validation, epochs=25,
+                         batch_size=10, optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=shuffle_key, eta_halving=1)
+    assert [e["learning_rate_scale"] for e in history["epochs"]] == ref["learning_rate_scale"]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(gd.load_params(long / "params.npz"))):
+        np.testing.assert_array_equal(a, b)
+    # Stopped after 3 epochs and resumed: the schedule's state (the scale) comes back from the checkpoint.
+    assert main(["train", *args, "--epochs", "3", "--out", str(short)]) == 0
+    assert main(["train", "--resume", str(short), "--epochs", "25", "--no-progress"]) == 0
+    resumed = json.loads((short / "history.json").read_text())
+    assert [e["learning_rate_scale"] for e in resumed["epochs"]] == ref["learning_rate_scale"]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(gd.load_params(short / "params.npz"))):
+        np.testing.assert_array_equal(a, b)
