@@ -216,8 +216,6 @@ def _select_device(device: str | None):
         reason = str(e).split("\n")[0] or "no such device here"
         raise BadInput(f"JAX cannot use the {name!r} platform on this machine ({reason}); to use it, {hint}; or run "
                        "on the CPU with --device cpu") from e
-    if device:
-        jax.config.update("jax_default_device", devices[0])
     return devices[0]
 
 
@@ -575,10 +573,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(e.code or 0)
         args.debug = debug
         _use_compile_cache(compile_cache_folder(args.no_compile_cache))
-        _select_device(args.device)
-        with runs.interrupts_as_keyboard_interrupt():
-            command = {"train": _train, "evaluate": _evaluate}[args.command]
-            return command(args, _given_options(argv), ["gd-jax", *argv])
+        import jax
+
+        platforms = jax.config.jax_platforms
+        try:
+            device = _select_device(args.device)
+            # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
+            with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
+                command = {"train": _train, "evaluate": _evaluate}[args.command]
+                return command(args, _given_options(argv), ["gd-jax", *argv])
+        finally:
+            jax.config.update("jax_platforms", platforms)
     except BadInput as e:  # bad input: settings, data files, run folders; anything else is a bug
         if debug:
             traceback.print_exc()
