@@ -30,7 +30,18 @@ from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_gra
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
 from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
 from gd_jax.serialization import load_params, save_params
-from gd_jax.train import DivergenceError, EpochEnd, History, TrainState, accuracy, evaluate, fit, make_epoch
+from gd_jax.train import (
+    DivergenceError,
+    EpochEnd,
+    History,
+    TrainState,
+    accuracy,
+    evaluate,
+    fit,
+    make_epoch,
+    mlp_predict,
+    shuffled_order,
+)
 
 __version__ = "0.1.0"
 
@@ -64,6 +75,7 @@ __all__ = [
     "load_params",
     "log_likelihood_cost",
     "make_epoch",
+    "mlp_predict",
     "per_example_grads",
     "predict",
     "quadratic_cost",
@@ -72,6 +84,7 @@ __all__ = [
     "save_params",
     "sgd",
     "sgd_update",
+    "shuffled_order",
     "with_l2",
     "write_idx",
 ]

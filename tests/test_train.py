@@ -14,8 +14,9 @@ def _leaves_equal(a, b):
 
 
 def _batches(key, epoch, n, batch_size):
-    """The documented shuffling rule: epoch e permutes with fold_in(key, e); a smaller last batch."""
-    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+    """The documented shuffling rule: epoch e visits shuffled_order(fold_in(key, e), n); a smaller last batch."""
+    seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, epoch)), np.uint32).tolist()
+    order = np.random.default_rng(seed).permutation(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -159,17 +160,21 @@ def test_make_epoch_vmaps_over_models_and_learning_rates(small_train):
     keys = jax.random.split(jax.random.key(0), 3)
     rates = jnp.array([0.5, 1.0, 3.0])
 
-    def one_model(key, rate):
-        init_key, shuffle_key = jax.random.split(key)
+    def one_model(key, rate, order):
+        init_key, _ = jax.random.split(key)
         params = gd.init_mlp(init_key, [784, 20, 10])
         opt = gd.sgd(rate)  # the learning rate as an array: a hyperparameter vmap can batch
         epoch = gd.make_epoch(gd.quadratic_cost, opt, batch_size=16, n_classes=10)
-        state, finite = epoch(gd.TrainState(params, opt.init(params)), x, y, shuffle_key)
+        state, finite = epoch(gd.TrainState(params, opt.init(params)), x, y, order)
         return state.params, finite
 
-    batched, finite = jax.jit(jax.vmap(one_model))(keys, rates)
+    def order_of(key):
+        return gd.shuffled_order(jax.random.split(key)[1], small_train.size)
+
+    orders = np.stack([order_of(k) for k in keys])
+    batched, finite = jax.jit(jax.vmap(one_model))(keys, rates, orders)
     assert bool(jnp.all(finite))
     for i in range(3):
-        single, _ = jax.jit(one_model)(keys[i], rates[i])
+        single, _ = jax.jit(one_model)(keys[i], rates[i], orders[i])
         for b, s in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
             np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6)
