@@ -8,6 +8,7 @@ the matplotlib figure just before it is saved.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -224,3 +225,32 @@ def test_import_gd_jax_loads_no_plotting_imaging_or_tensorboard_library():
             " print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def _find_mnist_full():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while True:
+        candidate = os.path.join(here, "shared", "data", "mnist-full")
+        if os.path.isdir(candidate):
+            return candidate
+        if os.path.dirname(here) == here:
+            return None
+        here = os.path.dirname(here)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_find_mnist_full() is None,
+                    reason="full MNIST (shared/data/mnist-full beside the repository) is absent on this machine")
+def test_run_figures_experiment_reports_what_the_analysis_computes(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "experiments/run_figures.py", "--epochs", "1", "--out", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    counts = np.array(results["confusion_matrix"])
+    assert counts.sum() == 10000 and np.trace(counts) / 10000 == pytest.approx(results["test_accuracy"], abs=1e-6)
+    assert len(results["misclassified"]) == 10000 - np.trace(counts)
+    assert results["history"]["epochs"][0]["eval_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+    for name in plotting.RUN_FIGURES:
+        assert png_size(tmp_path / name)[0] > 0
+    assert any(n.startswith("events.out.tfevents.") for n in os.listdir(tmp_path))
