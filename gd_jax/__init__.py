@@ -31,7 +31,16 @@ from gd_jax.data.genuine import read_genuine_mnist
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax.images import load_trained_network, predict_images, preprocess_digit
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.optim import (
+    GradientTransformation,
+    ScaleState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_learning_rate,
+    sgd,
+    sgd_update,
+)
 from gd_jax.plotting import plot_history, write_run_figures
 from gd_jax.serialization import load_params, save_params
 from gd_jax.tensorboard import write_run_events
@@ -60,12 +69,14 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
-    "SgdState",
+    "ScaleState",
     "TrainState",
     "accuracy",
+    "add_decayed_weights",
     "apply_updates",
     "backprop",
     "batch_grad",
+    "chain",
     "checkpoint_callback",
     "confusion_matrix",
     "cross_entropy_cost",
@@ -95,6 +106,7 @@ __all__ = [
     "read_idx",
     "save_checkpoint",
     "save_params",
+    "scale_learning_rate",
     "sgd",
     "sgd_update",
     "shuffled_order",
