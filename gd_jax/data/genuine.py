@@ -123,17 +123,16 @@ def _check(content: bytes, stem: str, where: str) -> None:
 def _read_keras_npz(path: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [name for name in KERAS_ARRAYS if name not in npz.files]
-            if missing:
-                raise MnistChecksumError(
-                    f"{path!r} lacks the array {missing[0]!r} (it holds {sorted(npz.files)}); Keras' mnist.npz "
-                    f"holds {', '.join(KERAS_ARRAYS)}"
-                )
-            arrays = {name: npz[name] for name in KERAS_ARRAYS}
+            held = sorted(npz.files)
+            arrays = {name: npz[name] for name in KERAS_ARRAYS if name in held}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, MnistChecksumError):
-            raise
         raise ValueError(f"{path!r} is not a readable .npz file ({e}); re-download or re-copy it") from None
+    missing = [name for name in KERAS_ARRAYS if name not in arrays]
+    if missing:
+        raise MnistChecksumError(
+            f"{path!r} lacks the array {missing[0]!r} (it holds {held}); Keras' mnist.npz holds "
+            f"{', '.join(KERAS_ARRAYS)}"
+        )
     for name, array in arrays.items():
         # Keras stores uint8; a re-save with wider integers holds the same digits.
         if np.issubdtype(array.dtype, np.integer) and array.size and 0 <= array.min() and array.max() <= 255:
