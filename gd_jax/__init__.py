@@ -15,7 +15,7 @@ Example::
     gd.accuracy(params, test)
 """
 
-from gd_jax.analysis import confusion_matrix, hidden_weight_images, misclassified
+from gd_jax.analysis import confusion_matrix, hidden_weight_images, misclassified, norms_recorder
 from gd_jax.backprop import backprop
 from gd_jax.checkpoint import (
     Checkpoint,
@@ -96,6 +96,7 @@ __all__ = [
     "make_epoch",
     "misclassified",
     "mlp_predict",
+    "norms_recorder",
     "per_example_grads",
     "plot_history",
     "predict",

@@ -163,3 +163,36 @@ def test_a_fresh_process_writes_events_without_tensorflow_or_torch(run, tmp_path
     assert out.stdout.strip() == "[]"
     assert [e.value for e in read(tmp_path).Scalars("cost/train")] == [float(np.float32(v))
                                                                          for v in history["train_cost"]]
+
+
+def test_norms_recorded_per_epoch_equal_numpy_and_backprop(mnist_sample, tmp_path):
+    from gd_jax.analysis import gradient_norm, norms_recorder, parameter_norm
+
+    train = mnist_sample[0].take(500)
+    seen = []
+    params, history = gd.fit(gd.init_mlp(jax.random.key(3), [784, 30, 10]), train, epochs=2, batch_size=50,
+                             optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=jax.random.key(4),
+                             on_epoch_end=norms_recorder(train, cost=gd.quadratic_cost, n_classes=10,
+                                                         then=lambda end: seen.append(dict(end.history.epochs[-1]))))
+    assert [r["param_norm"] for r in seen] == history["param_norm"]  # recorded before `then` runs
+    # The last epoch's norms against numpy: the parameters' norm, and the textbook backprop's gradient.
+    flat = np.concatenate([np.asarray(p, np.float64).ravel() for layer in params for p in layer.values()])
+    assert history["param_norm"][-1] == pytest.approx(np.linalg.norm(flat), rel=1e-5)
+    y = np.eye(10)[np.asarray(train.y)]
+    grads = gd.backprop([{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params],
+                        np.asarray(train.x, np.float64), y, cost="quadratic")
+    want = np.sqrt(sum(np.sum(g ** 2) for layer in grads for g in layer.values()))
+    assert history["grad_norm"][-1] == pytest.approx(want, rel=1e-4)
+    assert parameter_norm(params) == history["param_norm"][-1]
+    assert gradient_norm(params, train, cost=gd.quadratic_cost, n_classes=10) == history["grad_norm"][-1]
+    # And TensorBoard shows them.
+    write_run_events(tmp_path, history, CONFIG)
+    events = read(tmp_path)
+    assert [e.value for e in events.Scalars("norm/params")] == [float(np.float32(v)) for v in history["param_norm"]]
+    assert [e.value for e in events.Scalars("norm/gradient")] == [float(np.float32(v)) for v in history["grad_norm"]]
+    only_params = norms_recorder()
+    _, plain = gd.fit(params, train, epochs=1, batch_size=50, optimizer=gd.sgd(3.0), cost=gd.quadratic_cost,
+                      key=jax.random.key(4), on_epoch_end=only_params)
+    assert "param_norm" in plain.epochs[0] and "grad_norm" not in plain.epochs[0]
+    with pytest.raises(ValueError, match=r"needs cost= and n_classes= with train="):
+        norms_recorder(train)
