@@ -6,7 +6,8 @@ of 10, 30 epochs) on the first 50,000 MNIST training digits, evaluating on the o
 output folder what ``gd-jax train`` writes into a run folder: ``history.png``,
 ``confusion.png``, ``misclassified.png``, ``hidden_weights.png``
 (``gd_jax.plotting.write_run_figures``) and a TensorBoard event file
-(``gd_jax.tensorboard.write_run_events``); plus ``results.md`` and ``results.json`` (the
+(``gd_jax.tensorboard.write_run_events``, with the parameter and gradient norms per epoch
+that ``gd.norms_recorder`` records); plus ``results.md`` and ``results.json`` (the
 history, the confusion matrix, the misclassified indices, the time each step took).
 
 Full MNIST is read from a folder holding it in any packaging (``gd_jax.data.genuine``,
@@ -68,7 +69,8 @@ def main() -> None:
     params = gd.init_mlp(init_key, config["sizes"])
     start = time.perf_counter()
     params, history = gd.fit(params, train, eval_data=test, epochs=args.epochs, batch_size=10,
-                             optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=shuffle_key)
+                             optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=shuffle_key,
+                             on_epoch_end=gd.norms_recorder(train, cost=gd.quadratic_cost, n_classes=10))
     fit_seconds = time.perf_counter() - start
     test_cost, test_accuracy = gd.evaluate(params, test, cost=gd.quadratic_cost)
 
