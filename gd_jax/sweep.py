@@ -445,11 +445,7 @@ def sweep(
                                      records=[dict(r) for r in resume.records],
                                      epoch_seconds=list(resume.epoch_seconds), compile_seconds=0.0)
     else:
-        first_states = {}
-        for s, params in init_params.items():
-            params = jax.tree.map(jnp.asarray, params)
-            first_states[s] = (params, None)
-        params = _stack([first_states[m["seed"]][0] for m in models])
+        params = _stack([jax.tree.map(jnp.asarray, init_params[m["seed"]]) for m in models])
         result = SweepResult(params=params, opt_state=None, models=models, records=[], grid=grid,
                              seeds=seed_list, shuffle=shuffle)
 
@@ -466,8 +462,9 @@ def sweep(
     k_pad = -(-k // len(devices)) * len(devices)
     pad = np.concatenate([np.arange(k), np.full(k_pad - k, k - 1)]).astype(np.int32)
     by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
-    put = lambda tree, sharding: jax.device_put(tree, sharding)  # noqa: E731
-    state = put(TrainState(_take(result.params, pad), _take(result.opt_state, pad)), by_model)
+    put = jax.device_put
+    state = TrainState(result.params, result.opt_state)
+    state = put(state if k_pad == k else _take(state, pad), by_model)
     hyper = put({name: v[pad] for name, v in hyper_np.items()}, by_model)
     x, y = put(jnp.asarray(train.x), replicated), put(jnp.asarray(train.y), replicated)
     ex, ey = (put(jnp.asarray(eval_data.x), replicated), put(jnp.asarray(eval_data.y), replicated)) \
@@ -480,7 +477,7 @@ def sweep(
         c = make_cost(h)(params, xs, jax.nn.one_hot(ys, n_classes, dtype=xs.dtype))
         return c, jnp.mean(jnp.argmax(predict_fn(params, xs), axis=-1) == ys)
 
-    def local_epoch(state, hyper, active, x, y, orders, ex, ey):
+    def sweep_epoch(state, hyper, active, x, y, orders, ex, ey):
         # One device's slice of the models: train an epoch, measure it, freeze what must stop.
         new, finite = epoch_fn(state, hyper, x, y, orders)
         train_cost, train_acc = jax.vmap(measure, in_axes=(0, 0, None, None))(new.params, hyper, x, y)
@@ -504,7 +501,7 @@ def sweep(
 
     order_spec = P("model") if shuffle == "per_model" else P()
     program = jax.jit(jax.shard_map(
-        local_epoch, mesh=mesh, in_specs=(P("model"), P("model"), P("model"), P(), P(), order_spec, P(), P()),
+        sweep_epoch, mesh=mesh, in_specs=(P("model"), P("model"), P("model"), P(), P(), order_spec, P(), P()),
         out_specs=(P("model"), P("model"))))
 
     if shuffle == "per_model":
@@ -538,8 +535,7 @@ def sweep(
             if active_np[i]:
                 _record(result, i, epoch + 1, metrics, eval_data is not None, target_cost, max_growth)
         active_np = np.array([result.models[i]["stop_reason"] == "epochs" for i in pad])
-        result.params = _take(state.params, np.arange(k))
-        result.opt_state = _take(state.opt_state, np.arange(k))
+        result.params, result.opt_state = state if k_pad == k else _take(state, np.arange(k))
         if on_epoch_end is not None:
             on_epoch_end(SweepEpochEnd(epoch + 1, result))
     return result
@@ -575,7 +571,7 @@ def _memory(compiled: Any) -> dict[str, int]:
     """The compiled program's memory per device, where the backend reports it."""
     try:
         stats = compiled.memory_analysis()
-    except Exception:  # not every backend implements it  # noqa: BLE001
+    except Exception:  # not every backend implements it
         return {}
     if stats is None:
         return {}
