@@ -136,6 +136,49 @@ def _check_seeds(seeds: int | Sequence[int]) -> list[int]:
     raise ValueError(f"seeds must be a count >= 1 or a list of distinct integers >= 0, got {seeds!r}")
 
 
+def model_axes(params: Params, opt_state: Any = None, *, shuffle: str = "shared") -> tuple[Any, Any]:
+    """Where the model axis goes in each stacked leaf: the layout the compiled sweep wants.
+
+    With one shared batch order the first layer of all ``K`` models is one wide product
+    ``x (b, n_0) @ W (n_0, K n_1)``; stacking gd_jax's first-layer weights as ``(n_0, K, n_1)``
+    (model axis 1) makes ``W`` a free reshape of the stacked array and its gradient land in
+    that layout too, where the model-major ``(K, n_0, n_1)`` costs a transposing copy of all
+    the weights every step. Every other leaf (and every leaf of other parameter layouts, and
+    with per-model orders, whose products are ``K`` separate ones) takes axis 0.
+
+    Args:
+      params: one model's parameters.
+      opt_state: one model's optimizer state (or its ``jax.eval_shape``); its leaves shaped
+        like the first-layer weights follow them.
+      shuffle: the batch order mode.
+
+    Returns:
+      ``(param_axes, state_axes)``: pytrees of ints shaped like ``params`` and ``opt_state``.
+    """
+    param_axes = jax.tree.map(lambda leaf: 0, params)
+    wide_shape = None
+    if (shuffle == "shared" and isinstance(params, list) and params and isinstance(params[0], dict)
+            and getattr(params[0].get("w"), "ndim", 0) == 2):
+        param_axes[0] = dict(param_axes[0], w=1)
+        wide_shape = tuple(params[0]["w"].shape)
+    state_axes = jax.tree.map(lambda leaf: 1 if tuple(leaf.shape) == wide_shape else 0, opt_state)
+    return param_axes, state_axes
+
+
+def _axis_spec(axis: int) -> P:
+    return P(*([None] * axis), "model")
+
+
+def _to_axes(tree: Any, axes: Any) -> Any:
+    """Leading model axis -> each leaf's model axis."""
+    return jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, 0, axis), tree, axes)
+
+
+def _from_axes(tree: Any, axes: Any) -> Any:
+    """Each leaf's model axis -> leading model axis."""
+    return jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, axis, 0), tree, axes)
+
+
 def make_sweep_epoch(
     make_cost: Callable[[Hyper], Cost],
     make_optimizer: Callable[[Hyper], GradientTransformation],
@@ -143,8 +186,18 @@ def make_sweep_epoch(
     batch_size: int,
     n_classes: int,
     shuffle: str = "per_model",
+    param_axes: Any = 0,
+    state_axes: Any = 0,
 ) -> Callable[[TrainState, Hyper, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """``gd.make_epoch`` for ``K`` stacked models: pure and jittable, one compile for all.
+
+    With ``shuffle="per_model"`` it is ``jax.vmap`` of ``make_epoch`` over the models and
+    their orders. With ``"shared"`` it is ``make_epoch`` itself, run once on the stacked
+    models as one: the cost ``C(P) = sum_k C_k(P_k)`` (each model's cost, vmapped; its
+    gradient with respect to ``P_k`` is ``grad C_k``, as the models share no parameter) and
+    the optimizer each model's own, vmapped. The scan then carries the stacked state in the
+    layout ``param_axes`` gives (see ``model_axes``) instead of the model-major one that
+    ``vmap`` of a scan imposes on its carry.
 
     Args:
       make_cost: ``make_cost(h) -> cost``, where ``h`` maps each hyperparameter name to one
@@ -152,20 +205,46 @@ def make_sweep_epoch(
       make_optimizer: ``make_optimizer(h) -> GradientTransformation``.
       batch_size, n_classes: as for ``gd.make_epoch``.
       shuffle: ``"per_model"`` (``orders`` is ``(K, n)``) or ``"shared"`` (``orders`` is ``(n,)``).
+      param_axes, state_axes: the model axis of each leaf of the parameters and of the
+        optimizer state (an int for all, or pytrees of ints; see ``model_axes``).
 
     Returns:
       ``epoch(states, hyper, x, y, orders) -> (states, finite)``: ``states`` a ``TrainState``
-      whose leaves have a leading model axis ``K``, ``hyper`` a dict of ``(K,)`` arrays,
-      ``finite`` a ``(K,)`` bool array (every mini-batch cost of that model finite).
+      whose leaves are stacked along their model axes, ``hyper`` a dict of ``(K,)`` arrays,
+      ``finite`` a ``(K,)`` bool array: every mini-batch cost of that model finite
+      (``"per_model"``), or of all the models together (``"shared"``).
     """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle!r}")
+    state_in = TrainState(param_axes, state_axes)
 
-    def one_model(state: TrainState, hyper: Hyper, x: jax.Array, y: jax.Array, order: jax.Array):
-        epoch = make_epoch(make_cost(hyper), make_optimizer(hyper), batch_size=batch_size, n_classes=n_classes)
-        return epoch(state, x, y, order)
+    if shuffle == "per_model":
+        def one_model(state: TrainState, hyper: Hyper, x: jax.Array, y: jax.Array, order: jax.Array):
+            epoch = make_epoch(make_cost(hyper), make_optimizer(hyper), batch_size=batch_size, n_classes=n_classes)
+            return epoch(state, x, y, order)
 
-    return jax.vmap(one_model, in_axes=(0, 0, None, None, 0 if shuffle == "per_model" else None))
+        return jax.vmap(one_model, in_axes=(state_in, 0, None, None, 0), out_axes=(state_in, 0))
+
+    def epoch(states: TrainState, hyper: Hyper, x: jax.Array, y: jax.Array, order: jax.Array):
+        def cost(stacked: Params, xb: jax.Array, yb: jax.Array) -> jax.Array:
+            costs = jax.vmap(lambda p, h: make_cost(h)(p, xb, yb), in_axes=(param_axes, 0))(stacked, hyper)
+            return jnp.sum(costs)
+
+        def init(stacked: Params) -> Any:
+            return jax.vmap(lambda p, h: make_optimizer(h).init(p), in_axes=(param_axes, 0),
+                            out_axes=state_axes)(stacked, hyper)
+
+        def update(grads: Params, opt_state: Any, stacked: Params | None = None) -> tuple[Params, Any]:
+            return jax.vmap(lambda g, s, p, h: make_optimizer(h).update(g, s, p),
+                            in_axes=(param_axes, state_axes, param_axes, 0),
+                            out_axes=(param_axes, state_axes))(grads, opt_state, stacked, hyper)
+
+        k = jax.tree.leaves(hyper)[0].shape[0] if hyper else jax.tree.leaves(states.params)[0].shape[0]
+        new, finite = make_epoch(cost, GradientTransformation(init, update), batch_size=batch_size,
+                                 n_classes=n_classes)(states, x, y, order)
+        return new, jnp.broadcast_to(finite, (k,))
+
+    return epoch
 
 
 class SweepEpochEnd(NamedTuple):
@@ -463,15 +542,21 @@ def sweep(
     pad = np.concatenate([np.arange(k), np.full(k_pad - k, k - 1)]).astype(np.int32)
     by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
     put = jax.device_put
+    # The compiled program keeps each leaf's model axis where the wide products want it.
+    axes = TrainState(*model_axes(init_params[seed_list[0]], jax.eval_shape(
+        make_optimizer({name: jnp.float32(v[0]) for name, v in hyper_np.items()}).init,
+        init_params[seed_list[0]]), shuffle=shuffle))
+    state_specs = jax.tree.map(_axis_spec, axes)
     state = TrainState(result.params, result.opt_state)
-    state = put(state if k_pad == k else _take(state, pad), by_model)
+    state = _to_axes(state if k_pad == k else _take(state, pad), axes)
+    state = put(state, jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs))
     hyper = put({name: v[pad] for name, v in hyper_np.items()}, by_model)
     x, y = put(jnp.asarray(train.x), replicated), put(jnp.asarray(train.y), replicated)
     ex, ey = (put(jnp.asarray(eval_data.x), replicated), put(jnp.asarray(eval_data.y), replicated)) \
         if eval_data is not None else (x[:0], y[:0])
 
     epoch_fn = make_sweep_epoch(make_cost, make_optimizer, batch_size=batch_size, n_classes=n_classes,
-                                shuffle=shuffle)
+                                shuffle=shuffle, param_axes=axes.params, state_axes=axes.opt_state)
 
     def measure(params: Params, h: Hyper, xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = make_cost(h)(params, xs, jax.nn.one_hot(ys, n_classes, dtype=xs.dtype))
@@ -480,29 +565,36 @@ def sweep(
     def sweep_epoch(state, hyper, active, x, y, orders, ex, ey):
         # One device's slice of the models: train an epoch, measure it, freeze what must stop.
         new, finite = epoch_fn(state, hyper, x, y, orders)
-        train_cost, train_acc = jax.vmap(measure, in_axes=(0, 0, None, None))(new.params, hyper, x, y)
+        per_model = jax.vmap(measure, in_axes=(axes.params, 0, None, None))
+        train_cost, train_acc = per_model(new.params, hyper, x, y)
         if eval_data is not None:
-            eval_cost, eval_acc = jax.vmap(measure, in_axes=(0, 0, None, None))(new.params, hyper, ex, ey)
+            eval_cost, eval_acc = per_model(new.params, hyper, ex, ey)
         else:
             eval_cost = eval_acc = jnp.full_like(train_cost, jnp.nan)
-        growth = jax.vmap(_rms)(new.params) / jnp.maximum(jax.vmap(_rms)(state.params), 1.0)
-        diverged = ~(finite & jnp.isfinite(train_cost) & jnp.isfinite(growth))
+        rms = jax.vmap(_rms, in_axes=(axes.params,))
+        growth = rms(new.params) / jnp.maximum(rms(state.params), 1.0)
+        # With a shared order `finite` is all the models' flag together: one model's NaN must
+        # not stop the others, so there each model answers for itself through its parameters
+        # and training cost (a non-finite mini-batch cost leaves NaN parameters behind).
+        ok = jnp.isfinite(train_cost) & jnp.isfinite(growth)
+        diverged = ~(ok & finite) if shuffle == "per_model" else ~ok
         if max_growth is not None:
             diverged |= growth > max_growth
         keep = active & ~diverged
 
-        def choose(new_leaf: jax.Array, old_leaf: jax.Array) -> jax.Array:
-            return jnp.where(keep.reshape((-1,) + (1,) * (new_leaf.ndim - 1)), new_leaf, old_leaf)
+        def choose(new_leaf: jax.Array, old_leaf: jax.Array, axis: int) -> jax.Array:
+            mask = keep.reshape([-1 if d == axis else 1 for d in range(new_leaf.ndim)])
+            return jnp.where(mask, new_leaf, old_leaf)
 
-        state = jax.tree.map(choose, new, state)
+        state = jax.tree.map(choose, new, state, axes)
         metrics = {"train_cost": train_cost, "train_accuracy": train_acc, "eval_cost": eval_cost,
                    "eval_accuracy": eval_acc, "growth": growth, "diverged": diverged}
         return state, metrics
 
     order_spec = P("model") if shuffle == "per_model" else P()
     program = jax.jit(jax.shard_map(
-        sweep_epoch, mesh=mesh, in_specs=(P("model"), P("model"), P("model"), P(), P(), order_spec, P(), P()),
-        out_specs=(P("model"), P("model"))))
+        sweep_epoch, mesh=mesh, in_specs=(state_specs, P("model"), P("model"), P(), P(), order_spec, P(), P()),
+        out_specs=(state_specs, P("model"))))
 
     if shuffle == "per_model":
         shuffle_keys = [seed_keys(s)[1] for s in (result.models[i]["seed"] for i in pad)]
@@ -535,7 +627,8 @@ def sweep(
             if active_np[i]:
                 _record(result, i, epoch + 1, metrics, eval_data is not None, target_cost, max_growth)
         active_np = np.array([result.models[i]["stop_reason"] == "epochs" for i in pad])
-        result.params, result.opt_state = state if k_pad == k else _take(state, np.arange(k))
+        stacked = _from_axes(state, axes)
+        result.params, result.opt_state = stacked if k_pad == k else _take(stacked, np.arange(k))
         if on_epoch_end is not None:
             on_epoch_end(SweepEpochEnd(epoch + 1, result))
     return result
