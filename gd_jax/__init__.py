@@ -28,9 +28,29 @@ from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_c
 from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.optim import (
+    GradientTransformation,
+    ScaleState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_learning_rate,
+    sgd,
+    sgd_update,
+)
 from gd_jax.serialization import load_params, save_params
-from gd_jax.train import DivergenceError, EpochEnd, History, TrainState, accuracy, evaluate, fit, make_epoch
+from gd_jax.train import (
+    DivergenceError,
+    EpochEnd,
+    History,
+    TrainState,
+    accuracy,
+    evaluate,
+    fit,
+    make_epoch,
+    mlp_predict,
+    shuffled_order,
+)
 
 __version__ = "0.1.0"
 
@@ -44,12 +64,14 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
-    "SgdState",
+    "ScaleState",
     "TrainState",
     "accuracy",
+    "add_decayed_weights",
     "apply_updates",
     "backprop",
     "batch_grad",
+    "chain",
     "checkpoint_callback",
     "cross_entropy_cost",
     "evaluate",
@@ -64,14 +86,17 @@ __all__ = [
     "load_params",
     "log_likelihood_cost",
     "make_epoch",
+    "mlp_predict",
     "per_example_grads",
     "predict",
     "quadratic_cost",
     "read_idx",
     "save_checkpoint",
     "save_params",
+    "scale_learning_rate",
     "sgd",
     "sgd_update",
+    "shuffled_order",
     "with_l2",
     "write_idx",
 ]
