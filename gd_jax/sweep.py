@@ -65,10 +65,19 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gd_jax.costs import Cost
-from gd_jax.data.dataset import Dataset, check_dataset
-from gd_jax.network import Params, layer_sizes, predict
+from gd_jax.data.dataset import Dataset
+from gd_jax.network import Params
 from gd_jax.optim import GradientTransformation
-from gd_jax.train import TrainState, make_epoch, shuffled_order
+from gd_jax.train import (
+    TrainState,
+    _measure,
+    _rms,
+    check_fit_arguments,
+    default_predict_fn,
+    infer_n_classes,
+    make_epoch,
+    shuffled_order,
+)
 
 __all__ = [
     "SHUFFLE_MODES",
@@ -401,11 +410,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def _rms(params: Params) -> jax.Array:
-    leaves = jax.tree.leaves(params)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(p)) for p in leaves) / sum(p.size for p in leaves))
-
-
 def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
@@ -453,9 +457,11 @@ def sweep(
       make_cost: ``make_cost(h) -> cost``, e.g. an L2 term weighted by ``h["lmbda"]``.
       eval_data: a ``Dataset`` to measure cost and accuracy on after each epoch.
       shuffle: ``"per_model"`` or ``"shared"`` (see the module docstring).
-      predict_fn: ``predict_fn(params, x)`` -> scores for accuracy (default ``gd.predict``
-        with ``activation``).
-      n_classes: width of the one-hot targets (default: the network's last layer size).
+      predict_fn: ``predict_fn(params, x) -> scores`` for accuracy (default, as in ``fit``:
+        gd_jax's ``predict`` with ``activation`` for its own MLPs; for other models the
+        accuracies are None).
+      n_classes: width of the one-hot targets (default, as in ``fit``: the MLP's output
+        layer, else the largest label + 1).
       activation: the neurons of the default ``predict_fn``.
       target_cost: a model stops once its training cost is at or below this.
       max_growth: the largest RMS parameter growth in one epoch before a model counts as
@@ -481,32 +487,14 @@ def sweep(
         def make_cost(hyper: Hyper, cost: Cost = cost) -> Cost:
             del hyper  # the same cost for every model
             return cost
-    if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}; pass 30 for the textbook run")
-    if max_growth is not None and not (isinstance(max_growth, numbers.Real) and max_growth > 1):
-        raise ValueError(f"max_growth must be a number > 1 or None, got {max_growth!r}; the default is 10")
-    if target_cost is not None and not (isinstance(target_cost, numbers.Real) and math.isfinite(target_cost)
-                                        and target_cost >= 0):
-        raise ValueError(f"target_cost must be a finite number >= 0 or None, got {target_cost!r}")
-
     init_params = {s: init(seed_keys(s)[0]) for s in seed_list}
     first = init_params[seed_list[0]]
-    if predict_fn is None:
-        def predict_fn(params: Params, x: jax.Array) -> jax.Array:
-            return predict(params, x, activation=activation)
-        sizes = layer_sizes(first)
-        n_inputs, n_classes = sizes[0], n_classes if n_classes is not None else sizes[-1]
-    else:
-        n_inputs = None
-        if n_classes is None:
-            raise ValueError("n_classes is needed with a predict_fn (the width of the one-hot targets), e.g. 10")
-    check_dataset(train, n_inputs=n_inputs, n_classes=n_classes, name="train")
-    if eval_data is not None:
-        check_dataset(eval_data, n_inputs=n_inputs, n_classes=n_classes, name="eval_data")
+    # The same checks, defaults and measurements as fit, so that each model is fit's model.
+    check_fit_arguments(first, train, eval_data=eval_data, epochs=epochs, batch_size=batch_size,
+                        target_cost=target_cost, max_growth=max_growth, n_classes=n_classes)
+    predict_fn = predict_fn or default_predict_fn(first, activation)
+    n_classes = n_classes or infer_n_classes(first, train, eval_data)
     n = train.size
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be an integer between 1 and {n}, got {batch_size!r}; "
-                         f"use 1 (stochastic) up to {n} (full batch), the textbook uses 10")
 
     models = [{"model": i, "seed": s, **point, "stop_reason": "epochs", "stop_epoch": None, "message": None}
               for i, (point, s) in enumerate(itertools.product(points, seed_list))]
@@ -559,8 +547,10 @@ def sweep(
                                 shuffle=shuffle, param_axes=axes.params, state_axes=axes.opt_state)
 
     def measure(params: Params, h: Hyper, xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
-        c = make_cost(h)(params, xs, jax.nn.one_hot(ys, n_classes, dtype=xs.dtype))
-        return c, jnp.mean(jnp.argmax(predict_fn(params, xs), axis=-1) == ys)
+        return _measure(params, xs, ys, cost=make_cost(h), predict_fn=predict_fn, n_classes=n_classes)
+
+    def all_finite(params: Params) -> jax.Array:
+        return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
 
     def sweep_epoch(state, hyper, active, x, y, orders, ex, ey):
         # One device's slice of the models: train an epoch, measure it, freeze what must stop.
@@ -576,7 +566,8 @@ def sweep(
         # With a shared order `finite` is all the models' flag together: one model's NaN must
         # not stop the others, so there each model answers for itself through its parameters
         # and training cost (a non-finite mini-batch cost leaves NaN parameters behind).
-        ok = jnp.isfinite(train_cost) & jnp.isfinite(growth)
+        params_finite = jax.vmap(all_finite, in_axes=(axes.params,))(new.params)
+        ok = jnp.isfinite(train_cost) & jnp.isfinite(growth) & params_finite
         diverged = ~(ok & finite) if shuffle == "per_model" else ~ok
         if max_growth is not None:
             diverged |= growth > max_growth
@@ -588,7 +579,7 @@ def sweep(
 
         state = jax.tree.map(choose, new, state, axes)
         metrics = {"train_cost": train_cost, "train_accuracy": train_acc, "eval_cost": eval_cost,
-                   "eval_accuracy": eval_acc, "growth": growth, "diverged": diverged}
+                   "eval_accuracy": eval_acc, "growth": growth, "params_finite": params_finite, "diverged": diverged}
         return state, metrics
 
     order_spec = P("model") if shuffle == "per_model" else P()
@@ -622,10 +613,12 @@ def sweep(
         start = time.perf_counter()
         state, metrics = compiled(state, hyper, put(active_np, by_model), x, y, orders, ex, ey)
         metrics = jax.device_get(metrics)
+        metrics.update(unmeasured_train_accuracy=predict_fn is None, unmeasured_eval_cost=eval_data is None,
+                       unmeasured_eval_accuracy=eval_data is None or predict_fn is None)
         result.epoch_seconds.append(time.perf_counter() - start)
         for i in range(k):
             if active_np[i]:
-                _record(result, i, epoch + 1, metrics, eval_data is not None, target_cost, max_growth)
+                _record(result, i, epoch + 1, metrics, target_cost, max_growth)
         active_np = np.array([result.models[i]["stop_reason"] == "epochs" for i in pad])
         stacked = _from_axes(state, axes)
         result.params, result.opt_state = stacked if k_pad == k else _take(stacked, np.arange(k))
@@ -634,18 +627,21 @@ def sweep(
     return result
 
 
-def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarray], has_eval: bool,
+def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarray],
             target_cost: float | None, max_growth: float | None) -> None:
     """Appends model ``i``'s record of ``epoch`` and updates its stop status."""
     model = result.models[i]
     values = {name: float(metrics[name][i]) for name in _METRICS}
-    if not has_eval:
-        values["eval_cost"] = values["eval_accuracy"] = None
+    for name in ("train_accuracy", "eval_cost", "eval_accuracy"):
+        if metrics[f"unmeasured_{name}"]:  # no eval data, or no predict_fn for accuracy
+            values[name] = None
     status = "ok"
     if metrics["diverged"][i]:
         status = "diverged"
         growth, cost = float(metrics["growth"][i]), values["train_cost"]
-        if not (math.isfinite(cost) and math.isfinite(growth)) or max_growth is None or growth <= max_growth:
+        if not metrics["params_finite"][i]:
+            why = f"the parameters became NaN or infinite in epoch {epoch}"
+        elif not (math.isfinite(cost) and math.isfinite(growth)) or max_growth is None or growth <= max_growth:
             why = f"the cost became NaN or infinite in epoch {epoch} (training cost {cost})"
         else:
             why = (f"the parameters grew {growth:.3g}x in epoch {epoch} (more than max_growth={max_growth}), "

@@ -83,13 +83,19 @@ def test_each_model_equals_its_solo_fit(data, shuffle):
 def test_optimizer_states_stack_and_train_as_solo(data, shuffle, optimizer):
     """Stateful optimizers: gd's momentum trace (shaped like the parameters, so the shared
     mode keeps the first layer's in the wide layout too) and optax's Adam (moments and a
-    step count)."""
+    step count).
+
+    Adam divides each gradient by its running RMS: with optax's default eps = 1e-8, last-bit
+    differences of nearly zero gradients (pixels that are almost always 0) become differences
+    of the order of the learning rate; eps = 1e-3 bounds that amplification, so the test
+    checks the stacking of Adam's state rather than its conditioning.
+    """
     import optax
 
     train, _ = data
     if optimizer == "optax.adam":
         def make_optimizer(h):
-            return optax.adam(h["learning_rate"])
+            return optax.adam(h["learning_rate"], eps=1e-3)
     else:
         def make_optimizer(h):
             return gd.sgd(h["learning_rate"], momentum=0.9)
@@ -100,20 +106,12 @@ def test_optimizer_states_stack_and_train_as_solo(data, shuffle, optimizer):
         # gd.sgd with its own orders is bit-identical; Adam's elementwise maths (bias
         # corrections from a step count that becomes a vector of K, sqrt, division) fuses
         # differently batched and moves the last bit; the shared wide product rounds its
-        # blocked sums differently (see test_each_model_equals_its_solo_fit). Adam divides
-        # each gradient by its own running RMS, which turns last-bit differences of nearly
-        # zero gradients into differences of up to the learning rate in a few weights: there
-        # the bound is on how many weights differ by more than 2e-5, and by how much.
-        exact = shuffle == "per_model" and optimizer == "gd.sgd momentum"
-        got, want = np.concatenate([np.ravel(v) for v in jax.tree.leaves(result.model_params(i))]), \
-            np.concatenate([np.ravel(v) for v in jax.tree.leaves(params)])
-        if exact:
-            np.testing.assert_array_equal(got, want)
-        elif optimizer == "optax.adam" and shuffle == "shared":
-            assert np.mean(np.abs(got - want) > 2e-5) < 0.005
-            assert np.max(np.abs(got - want)) < 2 * model["learning_rate"] * 2e-2
+        # blocked sums differently (see test_each_model_equals_its_solo_fit).
+        if shuffle == "per_model" and optimizer == "gd.sgd momentum":
+            for got, want in zip(jax.tree.leaves(result.model_params(i)), jax.tree.leaves(params)):
+                np.testing.assert_array_equal(got, want)
         else:
-            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+            assert max_difference(result.model_params(i), params) < 2e-5
     state_leaves = jax.tree.leaves(result.opt_state)
     assert state_leaves and all(leaf.shape[0] == 2 for leaf in state_leaves)
 
@@ -169,7 +167,7 @@ def test_diverging_models_freeze_and_leave_the_others_as_solo(data):
             np.testing.assert_array_equal(got, want)
         records = [r for r in result.records if r["model"] == i]
         assert [r["status"] for r in records] == ["ok"] * (model["stop_epoch"] - 1) + ["diverged"]
-    assert "grew" in saturated["message"] and "NaN" in overflowed["message"]
+    assert "grew" in saturated["message"] and "NaN or infinite" in overflowed["message"]
     assert result.final("train_cost")[2] is None  # no good epoch
     document = json.loads(result.to_json())  # strict JSON: NaN became null
     assert all(r["train_cost"] is None or np.isfinite(r["train_cost"]) for r in document["records"])
