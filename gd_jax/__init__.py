@@ -39,6 +39,7 @@ from gd_jax.optim import (
     sgd_update,
 )
 from gd_jax.serialization import load_params, save_params
+from gd_jax.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, seed_keys, sweep
 from gd_jax.train import (
     DivergenceError,
     EpochEnd,
@@ -65,6 +66,8 @@ __all__ = [
     "GradientTransformation",
     "History",
     "ScaleState",
+    "SweepEpochEnd",
+    "SweepResult",
     "TrainState",
     "accuracy",
     "add_decayed_weights",
@@ -78,6 +81,7 @@ __all__ = [
     "finite_difference_grad",
     "fit",
     "forward",
+    "grid_points",
     "init_mlp",
     "l2_penalty",
     "latest_checkpoint",
@@ -86,7 +90,9 @@ __all__ = [
     "load_params",
     "log_likelihood_cost",
     "make_epoch",
+    "make_sweep_epoch",
     "mlp_predict",
+    "model_axes",
     "per_example_grads",
     "predict",
     "quadratic_cost",
@@ -94,9 +100,11 @@ __all__ = [
     "save_checkpoint",
     "save_params",
     "scale_learning_rate",
+    "seed_keys",
     "sgd",
     "sgd_update",
     "shuffled_order",
+    "sweep",
     "with_l2",
     "write_idx",
 ]
