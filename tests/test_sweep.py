@@ -253,3 +253,22 @@ def test_resume_of_another_sweep_is_refused(data):
     done = sweep(init, train, grid={"learning_rate": [1.0]}, epochs=0, **kwargs)
     with pytest.raises(ValueError, match="resume holds a sweep of grid"):
         sweep(init, train, grid={"learning_rate": [2.0]}, epochs=1, resume=done, **kwargs)
+
+
+def test_readme_sweep_example_runs_as_written():
+    """The README's Python sweep example, executed as written: 4 models, 3 epochs on the sample."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Sweeps: many models as one compiled program"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result) == 4 and result.select(learning_rate=3.0) == [2, 3]
+    assert namespace["csv_text"].count("\n") == 1 + 4 * 3
+    best = result.best("eval_accuracy")
+    finals = result.final("eval_accuracy")
+    means = {lr: np.mean([finals[i] for i in result.select(learning_rate=lr)]) for lr in (0.5, 3.0)}
+    assert best["learning_rate"] == max(means, key=means.get) and best["mean"] == pytest.approx(max(means.values()))
