@@ -248,7 +248,8 @@ def make_sweep_epoch(
                             in_axes=(param_axes, state_axes, param_axes, 0),
                             out_axes=(param_axes, state_axes))(grads, opt_state, stacked, hyper)
 
-        k = jax.tree.leaves(hyper)[0].shape[0] if hyper else jax.tree.leaves(states.params)[0].shape[0]
+        k = jax.tree.leaves(jax.tree.map(lambda leaf, axis: leaf.shape[axis], states.params, param_axes))[0] \
+            if not isinstance(param_axes, int) else jax.tree.leaves(states.params)[0].shape[param_axes]
         new, finite = make_epoch(cost, GradientTransformation(init, update), batch_size=batch_size,
                                  n_classes=n_classes)(states, x, y, order)
         return new, jnp.broadcast_to(finite, (k,))
