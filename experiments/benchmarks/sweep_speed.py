@@ -87,6 +87,7 @@ def bench_batch_size(batch_size: int, x: jax.Array, y: jax.Array, k: int, repeat
         return gd.make_epoch(gd.quadratic_cost, gd.sgd(rate), batch_size=batch_size, n_classes=10)(state, x, y, order)
 
     solo = jax.jit(solo_epoch)
+    solo_states = [gd.TrainState(p, gd.sgd(1.0).init(p)) for p in inits]
     programs, states = {}, {}
     for mode in ("per_model", "shared"):
         # The layout gd.sweep uses: with a shared order the first layer stacked (784, K, 30).
@@ -94,13 +95,14 @@ def bench_batch_size(batch_size: int, x: jax.Array, y: jax.Array, k: int, repeat
         programs[mode] = jax.jit(make_sweep_epoch(
             lambda h: gd.quadratic_cost, lambda h: gd.sgd(h["learning_rate"]), batch_size=batch_size,
             n_classes=10, shuffle=mode, param_axes=param_axes))
+        # Plain sgd's state holds no arrays, so one model's state serves the stack.
         states[mode] = gd.TrainState(jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, 0, axis), stacked,
-                                                  param_axes), None)
+                                                  param_axes), gd.sgd(1.0).init(inits[0]))
 
     def sequential(epoch: int) -> None:
         for i in range(k):
             order = shuffled_order(jax.random.fold_in(keys[i], epoch), ROWS)
-            jax.block_until_ready(solo(gd.TrainState(inits[i], None), rates[i], x, y, order))
+            jax.block_until_ready(solo(solo_states[i], rates[i], x, y, order))
 
     def per_model(epoch: int) -> None:
         orders = np.stack([shuffled_order(jax.random.fold_in(key, epoch), ROWS) for key in keys])
