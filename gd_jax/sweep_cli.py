@@ -388,9 +388,9 @@ def _run(args: argparse.Namespace, given: set[str]) -> int:
 
     from gd_jax.cli import _interrupts_deferred
 
-    if args.resume is None:
+    if args.resume is None:  # a resumed sweep keeps its tables until its next epoch replaces them
         _make_out(out, args.overwrite)
-    _write_json(os.path.join(out, "sweep.json"), {"config": config})
+        _write_json(os.path.join(out, "sweep.json"), {"config": config})
     done = [0 if resume is None else resume.epochs_done]
 
     def save(result: SweepResult) -> None:
