@@ -43,6 +43,7 @@ from gd_jax.optim import (
 )
 from gd_jax.plotting import plot_history, write_run_figures
 from gd_jax.serialization import load_params, save_params
+from gd_jax.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, seed_keys, sweep
 from gd_jax.tensorboard import write_run_events
 from gd_jax.train import (
     DivergenceError,
@@ -70,6 +71,8 @@ __all__ = [
     "GradientTransformation",
     "History",
     "ScaleState",
+    "SweepEpochEnd",
+    "SweepResult",
     "TrainState",
     "accuracy",
     "add_decayed_weights",
@@ -84,6 +87,7 @@ __all__ = [
     "finite_difference_grad",
     "fit",
     "forward",
+    "grid_points",
     "hidden_weight_images",
     "init_mlp",
     "l2_penalty",
@@ -94,8 +98,10 @@ __all__ = [
     "load_trained_network",
     "log_likelihood_cost",
     "make_epoch",
+    "make_sweep_epoch",
     "misclassified",
     "mlp_predict",
+    "model_axes",
     "norms_recorder",
     "per_example_grads",
     "plot_history",
@@ -108,9 +114,11 @@ __all__ = [
     "save_checkpoint",
     "save_params",
     "scale_learning_rate",
+    "seed_keys",
     "sgd",
     "sgd_update",
     "shuffled_order",
+    "sweep",
     "with_l2",
     "write_idx",
     "write_run_events",
