@@ -94,6 +94,7 @@ __all__ = [
     "compare_results",
     "config_from_args",
     "format_table",
+    "main",
     "mlp_flops_per_example",
     "plot_results",
     "run",
@@ -1221,7 +1222,7 @@ def run_bench(args: argparse.Namespace) -> int:
     _check_writable(args.json, "--json")
     _check_writable(chart, "--chart")
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
-    result["command"] = "gd-jax bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    result["command"] = " ".join(sys.argv)
     print(format_table(result), end="")
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
@@ -1230,3 +1231,22 @@ def run_bench(args: argparse.Namespace) -> int:
         plot_results(result, chart)
         print(f"wrote {chart}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gd_jax.bench [options]``: the same command as ``gd-jax bench``; returns the exit status.
+
+    Bad options print one line on stderr and return 2, before anything is measured or written.
+    """
+    parser = argparse.ArgumentParser(prog="gd-jax bench", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_bench(args)
+    except (ValueError, OSError) as e:
+        print(f"gd-jax bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
