@@ -212,11 +212,22 @@ def _has_backend(name: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-sizes", "0"], "batch sizes must be integers between 1 and rows (60000), got [0]"),
+    (["--variants", "gd_jax,numpyy"], "unknown variants ['numpyy']"),
+    (["--json", "/no/such/folder/r.json"], "--json folder '/no/such/folder' does not exist"),
+])
+def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, capsys):
+    assert bench.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err and captured.out == ""
+
+
 @pytest.mark.slow
 def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
     """``gd-jax bench --quick`` as CI runs it: every variant present, checked, and written."""
     out = tmp_path / "quick.json"
-    assert bench.run_bench(_parse(["--quick", "--json", str(out)])) == 0
+    assert bench.main(["--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "batch size 10:" in printed and "batch size 128:" in printed and "targets:" in printed
     r = json.loads(out.read_text())
