@@ -28,7 +28,16 @@ from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_c
 from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.optim import (
+    GradientTransformation,
+    ScaleState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_learning_rate,
+    sgd,
+    sgd_update,
+)
 from gd_jax.serialization import load_params, save_params
 from gd_jax.train import (
     DivergenceError,
@@ -55,12 +64,14 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
-    "SgdState",
+    "ScaleState",
     "TrainState",
     "accuracy",
+    "add_decayed_weights",
     "apply_updates",
     "backprop",
     "batch_grad",
+    "chain",
     "checkpoint_callback",
     "cross_entropy_cost",
     "evaluate",
@@ -82,6 +93,7 @@ __all__ = [
     "read_idx",
     "save_checkpoint",
     "save_params",
+    "scale_learning_rate",
     "sgd",
     "sgd_update",
     "shuffled_order",

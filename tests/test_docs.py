@@ -89,6 +89,7 @@ def test_readme_api_table_signatures_match_the_code(entry, shown):
             keyword_only = True
             continue
         name, _, default = (part.strip() for part in item.partition("="))
+        name = name.lstrip("*")  # *args, **kwargs
         assert name in params, f"README shows `{entry}` but {obj.__name__} has no parameter {name!r} ({order})"
         where = order.index(name)
         assert where > previous, f"README shows `{entry}` but {obj.__name__}'s parameters are in the order {order}"
