@@ -169,3 +169,13 @@ def test_every_markdown_file_cited_exists():
             if not ((path.parent / cited).exists() or (ROOT / cited).exists()):
                 missing.append(f"{path.relative_to(ROOT)} cites {cited}")
     assert not missing, "cited files that the repository does not hold: " + "; ".join(sorted(missing))
+
+
+def test_readme_quotes_the_recorded_accuracies(recorded_accuracy):
+    """The figures the README states are the ones the accuracy tests check (tests/conftest.py)."""
+    setup, tests = _section("Set-up: two commands"), _section("Tests")
+    default = f"{recorded_accuracy['gd-jax train']:.4f}"
+    assert f"reaches {default} test accuracy" in setup, f"README's set-up should say the default run reaches {default}"
+    for run, value in recorded_accuracy.items():
+        assert f"{value:.4f}" in tests, f"README's Tests section should quote {run}'s recorded {value:.4f}"
+    assert "measured on the sample by this project" in setup, "say whose figure it is: this project's, on the sample"
