@@ -39,7 +39,18 @@ from gd_jax.optim import (
     sgd_update,
 )
 from gd_jax.serialization import load_params, save_params
-from gd_jax.train import DivergenceError, EpochEnd, History, TrainState, accuracy, evaluate, fit, make_epoch
+from gd_jax.train import (
+    DivergenceError,
+    EpochEnd,
+    History,
+    TrainState,
+    accuracy,
+    evaluate,
+    fit,
+    make_epoch,
+    mlp_predict,
+    shuffled_order,
+)
 
 __version__ = "0.1.0"
 
@@ -75,6 +86,7 @@ __all__ = [
     "load_params",
     "log_likelihood_cost",
     "make_epoch",
+    "mlp_predict",
     "per_example_grads",
     "predict",
     "quadratic_cost",
@@ -84,6 +96,7 @@ __all__ = [
     "scale_learning_rate",
     "sgd",
     "sgd_update",
+    "shuffled_order",
     "with_l2",
     "write_idx",
 ]

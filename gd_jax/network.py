@@ -12,6 +12,9 @@ and ``predict`` applies that layer after layer, as ``feedforward`` does in the t
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -60,14 +63,24 @@ def init_mlp(key: jax.Array, sizes: Sequence[int], init: str = "normal", *, dtyp
     sizes = [int(s) for s in sizes]
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    params = []
-    for layer_key, n_in, n_out in zip(jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:]):
-        w_key, b_key = jax.random.split(layer_key)
-        scale = 1.0 if init == "normal" else 1.0 / jnp.sqrt(n_in)
-        params.append({
-            "w": (scale * jax.random.normal(w_key, (n_in, n_out), dtype)).astype(dtype),
-            "b": jax.random.normal(b_key, (n_out,), dtype),
-        })
+    return _init_mlp(key, tuple(sizes), init, jnp.dtype(dtype))
+
+
+# All the network's numbers come from one draw of N(0, 1) values, laid out layer by layer
+# (w, then b), in one compiled program: the per-layer draws it replaces compiled a dozen
+# random-number programs on first use, about 1 s on a 2-core CPU, where this takes 0.25 s.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_mlp(key: jax.Array, sizes: tuple[int, ...], init: str, dtype) -> Params:
+    shapes = list(itertools.pairwise(sizes))
+    z = jax.random.normal(key, (sum(n_in * n_out + n_out for n_in, n_out in shapes),), dtype)
+    params, offset = [], 0
+    for n_in, n_out in shapes:
+        w = z[offset: offset + n_in * n_out].reshape(n_in, n_out)
+        offset += n_in * n_out
+        b = z[offset: offset + n_out]
+        offset += n_out
+        scale = 1.0 if init == "normal" else 1.0 / math.sqrt(n_in)
+        params.append({"w": (scale * w).astype(dtype), "b": b})
     return params
 
 

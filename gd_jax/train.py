@@ -1,19 +1,28 @@
 """Training by mini-batch gradient descent: one compiled epoch, and ``fit`` around it.
 
-An epoch draws a permutation of the training set from its key, cuts it into mini-batches
-of ``batch_size`` and takes one optimizer step per mini-batch, all inside one
+An epoch takes a batch order (a permutation of the training rows), cuts it into
+mini-batches of ``batch_size`` and takes one optimizer step per mini-batch, all inside one
 ``jax.lax.scan`` under one ``jax.jit``, with the data resident on the device: each step
 gathers its own rows, so no shuffled copy of the data set is ever made.
 
 **The last partial batch.** As in the textbook's ``network.py``, every example is used
 exactly once per epoch: when ``batch_size`` does not divide ``n``, the ``n mod batch_size``
-examples left at the end of the permutation form one smaller, final mini-batch (a second
+examples left at the end of the order form one smaller, final mini-batch (a second
 compiled step shape inside the same epoch). ``batch_size=1`` is stochastic gradient
 descent, ``batch_size=n`` full-batch gradient descent (one step an epoch).
 
-**Randomness.** Epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``, so the same key
-gives bit-identical parameters, and a run resumed at an epoch boundary draws the same
-batches as one that never stopped.
+**Randomness.** Epoch ``e`` (0-based) visits the rows in ``shuffled_order(fold_in(key, e), n)``,
+a permutation drawn on the host from the key's bits: the same key gives bit-identical
+parameters, and a run resumed at an epoch boundary draws the same batches as one that
+never stopped. The order is drawn with numpy because an on-device
+``jax.random.permutation`` of 60,000 rows costs 25 ms on a 2-core CPU (a sort network),
+numpy's 0.7 ms; the epoch itself stays a pure function of the order it is given.
+
+**Compiled once.** ``fit`` compiles the epoch and the end-of-epoch measurements ahead of
+the loop (the time is recorded apart, in ``History.compile_seconds``), and JAX caches both
+by their static configuration (cost, optimizer, batch size, classes, shapes), so a
+second ``fit`` with equal settings compiles nothing. Each epoch then costs one compiled
+call and one device-to-host transfer of a handful of scalars.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -43,13 +52,18 @@ __all__ = [
     "evaluate",
     "fit",
     "make_epoch",
+    "mlp_predict",
+    "shuffled_order",
 ]
+
+PyTree = Any
+PredictFn = Callable[[PyTree, jax.Array], jax.Array]
 
 
 class TrainState(NamedTuple):
     """What an epoch carries from step to step: the parameters and the optimizer state."""
 
-    params: Params
+    params: PyTree
     opt_state: Any
 
 
@@ -58,29 +72,40 @@ class History:
     """Per-epoch measurements of a run; ``to_dict`` is JSON-ready.
 
     Attributes:
-      epochs: one dict per finished epoch: ``epoch`` (1-based), ``train_cost``, ``eval_cost``
-        and ``eval_accuracy`` (None without eval data) and ``seconds`` (the epoch's training
-        time, evaluation excluded).
+      epochs: one dict per finished epoch: ``epoch`` (1-based), ``train_cost`` and
+        ``train_accuracy`` (the whole training set, after the epoch), ``eval_cost`` and
+        ``eval_accuracy`` (None without eval data), ``seconds`` (the epoch's training time:
+        compilation and measurements excluded) and, when ``eta_halving`` is on,
+        ``learning_rate_scale``. Accuracies are None when there is no ``predict_fn``.
       stop_reason: ``"epochs"`` (ran them all), ``"target_cost"`` (the training cost fell to
-        the target) or ``"diverged"`` (see ``DivergenceError``).
+        the target), ``"early_stopping"`` (no better eval accuracy in ``patience`` epochs),
+        ``"eta_schedule"`` (the learning rate was halved down to 1/128 of its start) or
+        ``"diverged"`` (see ``DivergenceError``).
+      compile_seconds: the time the last ``fit`` call spent compiling (near 0 when JAX's
+        cache already held the compiled epoch).
+      best_epoch: with ``patience``, the epoch whose parameters ``fit`` returned.
     """
 
     epochs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stop_reason: str = "epochs"
+    compile_seconds: float = 0.0
+    best_epoch: int | None = None
 
     def __getitem__(self, name: str) -> list[Any]:
         """One column, e.g. ``history["eval_accuracy"]``."""
-        return [record[name] for record in self.epochs]
+        return [record.get(name) for record in self.epochs]
 
     def __len__(self) -> int:
         return len(self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [dict(record) for record in self.epochs], "stop_reason": self.stop_reason}
+        return {"epochs": [dict(record) for record in self.epochs], "stop_reason": self.stop_reason,
+                "compile_seconds": self.compile_seconds, "best_epoch": self.best_epoch}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls([dict(record) for record in d["epochs"]], d.get("stop_reason", "epochs"))
+        return cls([dict(record) for record in d["epochs"]], d.get("stop_reason", "epochs"),
+                   d.get("compile_seconds", 0.0), d.get("best_epoch"))
 
 
 class EpochEnd(NamedTuple):
@@ -89,6 +114,7 @@ class EpochEnd(NamedTuple):
     epoch: int  # 1-based: the number of epochs done
     state: TrainState
     history: History  # the run's live history: copy it (History.from_dict(h.to_dict())) to keep a snapshot
+    best_params: Any = None  # with patience: the parameters of history.best_epoch
 
 
 class DivergenceError(RuntimeError):
@@ -107,11 +133,31 @@ class DivergenceError(RuntimeError):
       epoch: the 1-based epoch in which it happened.
       history: the history up to the last finite epoch.
       last_finite: the ``TrainState`` at the end of the last finite epoch.
+      growth: the parameters' RMS growth in that epoch (NaN when they became NaN).
+      max_growth: the limit it was checked against (None: growth was not checked).
+      cost_finite: False when a mini-batch cost or the training cost was NaN or infinite.
     """
 
-    def __init__(self, message: str, *, epoch: int, history: History, last_finite: TrainState):
+    def __init__(self, message: str, *, epoch: int, history: History, last_finite: TrainState,
+                 growth: float = math.nan, max_growth: float | None = None, cost_finite: bool = True):
         super().__init__(message)
         self.epoch, self.history, self.last_finite = epoch, history, last_finite
+        self.growth, self.max_growth, self.cost_finite = growth, max_growth, cost_finite
+
+
+def shuffled_order(key: jax.Array, n: int) -> np.ndarray:
+    """A permutation of ``range(n)`` drawn on the host, determined by ``key`` alone.
+
+    Args:
+      key: a typed (``jax.random.key``) or raw (``jax.random.PRNGKey``) PRNG key.
+      n: the number of rows.
+
+    Returns:
+      An int32 numpy array of shape ``(n,)``: the order in which an epoch visits the rows.
+    """
+    typed = jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key)
+    bits = np.asarray(jax.random.key_data(key) if typed else key, dtype=np.uint32).ravel()
+    return np.random.default_rng(bits.tolist()).permutation(n).astype(np.int32)
 
 
 def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int, n_classes: int,
@@ -125,58 +171,150 @@ def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int
       n_classes: width of the one-hot targets built from integer labels.
 
     Returns:
-      ``epoch(state, x, y, key) -> (state, finite)`` where ``x`` is ``(n, n_0)``, ``y`` the
-      ``(n,)`` integer labels, and ``finite`` is True when every mini-batch cost of the
-      epoch was finite. Being pure, it can be ``jax.vmap``-ed over states and keys to
+      ``epoch(state, x, y, order) -> (state, finite)`` where ``x`` is ``(n, n_0)``, ``y`` the
+      ``(n,)`` integer labels, ``order`` an ``(n,)`` integer permutation of the rows (e.g.
+      ``shuffled_order(key, n)``), and ``finite`` is True when every mini-batch cost of the
+      epoch was finite. Being pure, it can be ``jax.vmap``-ed over states and orders to
       train many models at once.
     """
 
-    def step(state: TrainState, rows: jax.Array, x: jax.Array, y: jax.Array) -> tuple[TrainState, jax.Array]:
-        xb = x[rows]
-        yb = jax.nn.one_hot(y[rows], n_classes, dtype=x.dtype)
+    def step(state: TrainState, xb: jax.Array, yb: jax.Array) -> tuple[TrainState, jax.Array]:
         c, grads = jax.value_and_grad(cost)(state.params, xb, yb)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         return TrainState(apply_updates(state.params, updates), opt_state), jnp.isfinite(c)
 
-    def epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[TrainState, jax.Array]:
+    def epoch(state: TrainState, x: jax.Array, y: jax.Array, order: jax.Array) -> tuple[TrainState, jax.Array]:
         n = x.shape[0]
         full, rest = divmod(n, batch_size)
-        order = jax.random.permutation(key, n)
-        state, finite = jax.lax.scan(
-            lambda s, rows: step(s, rows, x, y), state, order[: full * batch_size].reshape(full, batch_size)
-        )
+        targets = jax.nn.one_hot(y, n_classes, dtype=x.dtype)  # once an epoch, not once a step
+        state, finite = jax.lax.scan(lambda s, rows: step(s, x[rows], targets[rows]), state,
+                                     order[: full * batch_size].reshape(full, batch_size))
         finite = jnp.all(finite)
         if rest:  # the textbook's smaller last mini-batch
-            state, tail_finite = step(state, order[full * batch_size:], x, y)
+            rows = order[full * batch_size:]
+            state, tail_finite = step(state, x[rows], targets[rows])
             finite = finite & tail_finite
         return state, finite
 
     return epoch
 
 
-@jax.jit(static_argnames=("cost", "activation", "n_classes"))
-def _evaluate(params, x, y, cost, activation, n_classes):
-    cost_value = cost(params, x, jax.nn.one_hot(y, n_classes, dtype=x.dtype))
-    correct = jnp.mean(jnp.argmax(predict(params, x, activation=activation), axis=-1) == y)
-    return cost_value, correct
+@dataclasses.dataclass(frozen=True)
+class mlp_predict:  # lower case: it is used as a function, gd.mlp_predict("tanh")(params, x)
+    """``predict`` of gd_jax's own MLP layout with a fixed activation, as a ``predict_fn``.
+
+    A frozen dataclass rather than a ``functools.partial`` so that two equal ones compare
+    equal, and compiled functions that take it as a static argument are reused.
+    """
+
+    activation: str = "sigmoid"
+
+    def __call__(self, params: Params, x: jax.Array) -> jax.Array:
+        return predict(params, x, activation=self.activation)
 
 
-def evaluate(params: Params, data: Dataset, *, cost: Cost, activation: str = "sigmoid") -> tuple[float, float]:
-    """The mean cost and the accuracy of ``params`` on ``data``, one compiled pass."""
-    c, acc = _evaluate(params, jnp.asarray(data.x), jnp.asarray(data.y), cost, activation, layer_sizes(params)[-1])
+def _measure(params, x, y, *, cost, predict_fn, n_classes):
+    """Mean cost and accuracy (NaN without ``predict_fn``) of ``params`` on ``(x, y)``."""
+    c = cost(params, x, jax.nn.one_hot(y, n_classes, dtype=x.dtype))
+    if predict_fn is None:
+        return c, jnp.float32(jnp.nan)
+    return c, jnp.mean(jnp.argmax(predict_fn(params, x), axis=-1) == y)
+
+
+def _rms(params: PyTree) -> jax.Array:
+    leaves = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.inexact)]
+    return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
+                    / max(sum(p.size for p in leaves), 1))
+
+
+def _epoch_end(new_params, old_params, train_x, train_y, eval_x, eval_y, *, cost, predict_fn, n_classes):
+    """Everything ``fit`` reads after an epoch, in one compiled call (one transfer to the host)."""
+    out = {"growth": _rms(new_params) / jnp.maximum(_rms(old_params), 1.0),
+           "params_finite": jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))}
+    out["train_cost"], out["train_accuracy"] = _measure(new_params, train_x, train_y, cost=cost,
+                                                        predict_fn=predict_fn, n_classes=n_classes)
+    if eval_x is not None:
+        out["eval_cost"], out["eval_accuracy"] = _measure(new_params, eval_x, eval_y, cost=cost,
+                                                          predict_fn=predict_fn, n_classes=n_classes)
+    return out
+
+
+def _epoch_impl(state, x, y, order, *, cost, optimizer, batch_size, n_classes):
+    return make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes)(state, x, y, order)
+
+
+# JAX caches compiled code of these by their static arguments: equal settings compile once.
+_STATIC = ("cost", "optimizer", "batch_size", "n_classes")
+_epoch_cached = jax.jit(_epoch_impl, static_argnames=_STATIC)
+_epoch_end_cached = jax.jit(_epoch_end, static_argnames=("cost", "predict_fn", "n_classes"))
+_evaluate_cached = jax.jit(_measure, static_argnames=("cost", "predict_fn", "n_classes"))
+
+
+def _hashable(*values: Any) -> bool:
+    try:
+        for v in values:
+            hash(v)
+    except TypeError:
+        return False
+    return all(isinstance(v, Hashable) for v in values)
+
+
+def _compiled(cached: Callable, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
+    """``fn`` compiled for ``args``: through JAX's cache when the static settings can be hashed."""
+    if _hashable(*static.values()):
+        return cached.lower(*args, **static).compile()
+    return jax.jit(lambda *a: fn(*a, **static)).lower(*args).compile()
+
+
+def _is_mlp(params: PyTree) -> bool:
+    try:
+        layer_sizes(params)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        return False
+    return True
+
+
+def default_predict_fn(params: PyTree, activation: str = "sigmoid") -> PredictFn | None:
+    """gd_jax's ``predict`` for its own MLP layout; None for any other model."""
+    return mlp_predict(activation) if _is_mlp(params) else None
+
+
+def infer_n_classes(params: PyTree, *datasets: Dataset | None) -> int:
+    """The width of the one-hot targets: the MLP's output layer, else the largest label + 1."""
+    if _is_mlp(params):
+        return layer_sizes(params)[-1]
+    return 1 + max(int(np.max(np.asarray(d.y))) for d in datasets if d is not None)
+
+
+def evaluate(params: PyTree, data: Dataset, *, cost: Cost, activation: str = "sigmoid",
+             predict_fn: PredictFn | None = None, n_classes: int | None = None) -> tuple[float, float]:
+    """The mean cost and the accuracy of ``params`` on ``data``, one compiled pass.
+
+    Args:
+      params: the model.
+      data: the ``Dataset`` to measure on.
+      cost: ``cost(params, x, y_onehot)``.
+      activation: for gd_jax's own MLPs, the neurons' non-linearity used for accuracy.
+      predict_fn: ``predict_fn(params, x) -> scores``; the label is the highest score.
+        Default: ``predict`` for gd_jax's own MLPs; for other models the accuracy is NaN.
+      n_classes: the one-hot width (default: the MLP's output layer, else the largest label + 1).
+    """
+    predict_fn = predict_fn or default_predict_fn(params, activation)
+    n_classes = n_classes or infer_n_classes(params, data)
+    static = {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes}
+    args = (params, jnp.asarray(data.x), jnp.asarray(data.y))
+    c, acc = _compiled(_evaluate_cached, _measure, args, static)(*args)
     return float(c), float(acc)
 
 
-def accuracy(params: Params, data: Dataset, *, activation: str = "sigmoid") -> float:
-    """The fraction of ``data`` whose label is the output neuron with the highest activation."""
-    a = predict(params, jnp.asarray(data.x), activation=activation)
+def accuracy(params: PyTree, data: Dataset, *, activation: str = "sigmoid",
+             predict_fn: PredictFn | None = None) -> float:
+    """The fraction of ``data`` whose label is the output with the highest score."""
+    predict_fn = predict_fn or default_predict_fn(params, activation)
+    if predict_fn is None:
+        raise ValueError("accuracy needs predict_fn(params, x) -> scores for a model that is not a gd_jax MLP")
+    a = predict_fn(params, jnp.asarray(data.x))
     return float(jnp.mean(jnp.argmax(a, axis=-1) == jnp.asarray(data.y)))
-
-
-@jax.jit
-def _rms(params: Params) -> jax.Array:
-    leaves = jax.tree.leaves(params)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(p)) for p in leaves) / sum(p.size for p in leaves))
 
 
 def _check_int(name: str, value, low: int, high: int | None, fix: str) -> None:
@@ -186,18 +324,25 @@ def _check_int(name: str, value, low: int, high: int | None, fix: str) -> None:
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}; {fix}")
 
 
-def check_fit_arguments(params: Params, train: Dataset, *, eval_data: Dataset | None, epochs: int,
-                        batch_size: int, target_cost: float | None, max_growth: float | None = 10.0) -> None:
+def check_fit_arguments(params: PyTree, train: Dataset, *, eval_data: Dataset | None, epochs: int,
+                        batch_size: int, target_cost: float | None, max_growth: float | None = 10.0,
+                        n_classes: int | None = None, patience: int | None = None,
+                        eta_halving: int | None = None) -> None:
     """Raises ``ValueError`` naming the fix for any argument of ``fit`` that cannot train.
 
     ``fit`` calls it first; callers that must validate before doing anything else (the
-    CLI checks before it creates a run folder) call it themselves.
+    CLI checks before it creates a run folder) call it themselves. The data is checked
+    against the model where the model's shape can be read (gd_jax's own MLPs).
     """
-    sizes = layer_sizes(params)
+    sizes = layer_sizes(params) if _is_mlp(params) else None
     _check_int("epochs", epochs, 0, None, "pass 30 for the textbook run")
-    check_dataset(train, n_inputs=sizes[0], n_classes=sizes[-1], name="train")
+    if n_classes is not None:
+        _check_int("n_classes", n_classes, 1, None, "pass the number of classes")
+    n_inputs = sizes[0] if sizes else None
+    classes = n_classes or (sizes[-1] if sizes else None)
+    check_dataset(train, n_inputs=n_inputs, n_classes=classes, name="train")
     if eval_data is not None:
-        check_dataset(eval_data, n_inputs=sizes[0], n_classes=sizes[-1], name="eval_data")
+        check_dataset(eval_data, n_inputs=n_inputs, n_classes=classes, name="eval_data")
     n = train.size
     _check_int("batch_size", batch_size, 1, n, f"use 1 (stochastic) up to {n} (full batch), the textbook uses 10")
     if target_cost is not None and not (isinstance(target_cost, (int, float)) and math.isfinite(target_cost)
@@ -205,10 +350,46 @@ def check_fit_arguments(params: Params, train: Dataset, *, eval_data: Dataset | 
         raise ValueError(f"target_cost must be a finite number >= 0 or None, got {target_cost!r}")
     if max_growth is not None and not (isinstance(max_growth, (int, float)) and max_growth > 1):
         raise ValueError(f"max_growth must be a number > 1 or None, got {max_growth!r}; the default is 10")
+    for name, value in (("patience", patience), ("eta_halving", eta_halving)):
+        if value is not None:
+            _check_int(name, value, 1, None, "the textbook uses 10")
+            if eval_data is None:
+                raise ValueError(f"{name} watches the evaluation accuracy: pass eval_data (a validation set)")
+
+
+@dataclasses.dataclass
+class _Watch:
+    """The evaluation-accuracy bookkeeping behind ``patience`` and ``eta_halving``, replayable from a history."""
+
+    best_epoch: int | None = None
+    best_accuracy: float = -math.inf
+    since_best: int = 0  # epochs since the best accuracy (patience)
+    since_change: int = 0  # epochs without improvement since the last halving (eta_halving)
+    scale: float = 1.0
+
+    def observe(self, epoch: int, accuracy: float, eta_halving: int | None) -> None:
+        if accuracy > self.best_accuracy:
+            self.best_epoch, self.best_accuracy, self.since_best, self.since_change = epoch, accuracy, 0, 0
+            return
+        self.since_best += 1
+        self.since_change += 1
+        if eta_halving is not None and self.since_change >= eta_halving:
+            self.scale, self.since_change = self.scale / 2, 0
+
+    @classmethod
+    def replay(cls, history: History, eta_halving: int | None) -> _Watch:
+        watch = cls()
+        for record in history.epochs:
+            if record.get("eval_accuracy") is not None:
+                watch.observe(record["epoch"], record["eval_accuracy"], eta_halving)
+        return watch
+
+
+ETA_HALVING_FLOOR = 1 / 128  # the textbook stops once eta has fallen to 1/128 of its start
 
 
 def fit(
-    params: Params,
+    params: PyTree,
     train: Dataset,
     *,
     epochs: int,
@@ -217,21 +398,31 @@ def fit(
     cost: Cost,
     key: jax.Array,
     eval_data: Dataset | None = None,
+    predict_fn: PredictFn | None = None,
+    n_classes: int | None = None,
     activation: str = "sigmoid",
     target_cost: float | None = None,
     max_growth: float | None = 10.0,
+    patience: int | None = None,
+    eta_halving: int | None = None,
     opt_state: Any = None,
     history: History | None = None,
+    best_params: PyTree | None = None,
     on_epoch_end: Callable[[EpochEnd], None] | None = None,
-) -> tuple[Params, History]:
+) -> tuple[PyTree, History]:
     """Trains ``params`` on ``train`` by mini-batch gradient descent.
 
     Each epoch is one compiled ``lax.scan`` over the shuffled mini-batches (see the module
-    docstring for the shuffling and last-batch rules). After each epoch the training cost,
-    and with ``eval_data`` its cost and accuracy, are measured with the new parameters.
+    docstring for the shuffling and last-batch rules). After each epoch the training cost
+    and accuracy, and with ``eval_data`` its cost and accuracy, are measured with the new
+    parameters, in one compiled call.
+
+    Any model works: ``cost(params, x, y_onehot)`` is the only function ``fit`` needs.
+    Accuracy comes from ``predict_fn(params, x) -> scores`` (the label is the highest
+    score); for gd_jax's own MLP layout it defaults to ``predict`` with ``activation``.
 
     Args:
-      params: the initial network; never modified.
+      params: the initial model, any pytree of arrays; never modified.
       train: the training ``Dataset`` (x ``(n, n_0)`` floats, y ``(n,)`` integer labels).
       epochs: the total number of epochs (a resumed run counts those in ``history``).
       batch_size: mini-batch size, 1 (stochastic) to ``n`` (full batch).
@@ -239,13 +430,26 @@ def fit(
       cost: ``cost(params, x, y_onehot)``, e.g. ``gd.quadratic_cost``.
       key: the PRNG key every shuffle derives from.
       eval_data: a ``Dataset`` to report cost and accuracy on after each epoch.
-      activation: the neurons' non-linearity used for accuracy (bind the same one into
-        ``cost`` with ``functools.partial``).
+      predict_fn: ``predict_fn(params, x) -> scores`` for accuracy (default: gd_jax's
+        ``predict`` for its own MLPs, none for other models: accuracies are then None).
+      n_classes: the width of the one-hot targets (default: the MLP's output layer, else
+        the largest label + 1).
+      activation: the neurons' non-linearity used for accuracy of gd_jax's MLPs (bind the
+        same one into ``cost`` with ``functools.partial``).
       target_cost: stop early once the training cost is at or below this value.
       max_growth: the largest growth of the parameters' root mean square in one epoch
         before the run counts as diverged (see ``DivergenceError``); None to allow any.
+      patience: early stopping, the textbook's "no improvement in ``patience`` epochs" on
+        ``eval_data``'s accuracy; ``fit`` then returns the best epoch's parameters
+        (``history.best_epoch``).
+      eta_halving: the textbook's learning-rate schedule: halve the learning rate each time
+        the eval accuracy has not improved for ``eta_halving`` epochs, and stop once it has
+        fallen to 1/128 of its start. The optimizer is wrapped in
+        ``gd.scale_learning_rate``, whose state (``opt_state``, checkpoints) holds the scale.
       opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
       history: the history of the epochs already done, to resume a run.
+      best_params: when resuming with ``patience``, the parameters of ``history.best_epoch``
+        (``EpochEnd.best_params`` of the run so far).
       on_epoch_end: called with an ``EpochEnd`` after each finite epoch (checkpoints,
         progress bars).
 
@@ -259,47 +463,95 @@ def fit(
         the last good one.
     """
     check_fit_arguments(params, train, eval_data=eval_data, epochs=epochs, batch_size=batch_size,
-                        target_cost=target_cost, max_growth=max_growth)
+                        target_cost=target_cost, max_growth=max_growth, n_classes=n_classes, patience=patience,
+                        eta_halving=eta_halving)
     history = History() if history is None else History.from_dict(history.to_dict())
-    n_classes = layer_sizes(params)[-1]
-    # The state is not donated: a diverged epoch must leave the last finite state readable,
-    # and donation measured no faster here (the state is small next to the data).
-    epoch_fn = jax.jit(make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes))
-    train = Dataset(jnp.asarray(train.x), jnp.asarray(train.y))  # moved to the device once
-    if eval_data is not None:
-        eval_data = Dataset(jnp.asarray(eval_data.x), jnp.asarray(eval_data.y))
+    predict_fn = predict_fn or default_predict_fn(params, activation)
+    n_classes = n_classes or infer_n_classes(params, train, eval_data)
+    if eta_halving is not None:
+        from gd_jax.optim import scale_learning_rate
+
+        optimizer = scale_learning_rate(optimizer)
+    watch = _Watch.replay(history, eta_halving)
+    if patience is not None and watch.best_epoch is not None and best_params is None:
+        raise ValueError(f"resuming with patience needs best_params, the parameters of epoch {watch.best_epoch} "
+                         "(EpochEnd.best_params of the run so far)")
+    best = best_params
+
     params = jax.tree.map(jnp.asarray, params)
     state = TrainState(params, optimizer.init(params) if opt_state is None else opt_state)
     history.stop_reason = "epochs"
-    for epoch in range(len(history), epochs):
+    if len(history) and target_cost is not None and history.epochs[-1]["train_cost"] <= target_cost:
+        history.stop_reason = "target_cost"  # a resumed run that had already reached its target
+        return state.params, history
+    if len(history) and eta_halving is not None and watch.scale <= ETA_HALVING_FLOOR:
+        history.stop_reason = "eta_schedule"
+        return state.params, history
+    if len(history) >= epochs:
+        return (best if patience is not None and best is not None else state.params), history
+
+    train = Dataset(jnp.asarray(train.x), jnp.asarray(train.y))  # moved to the device once
+    eval_x, eval_y = (None, None) if eval_data is None else (jnp.asarray(eval_data.x), jnp.asarray(eval_data.y))
+    n = train.size
+    # Compiled ahead of the loop, so that epoch 1's seconds are training alone.
+    first = len(history)
+    start = time.perf_counter()
+    order0 = shuffled_order(jax.random.fold_in(key, first), n)
+    epoch_fn = _compiled(_epoch_cached, _epoch_impl, (state, train.x, train.y, order0),
+                         {"cost": cost, "optimizer": optimizer, "batch_size": batch_size, "n_classes": n_classes})
+    end_fn = _compiled(_epoch_end_cached, _epoch_end, (state.params, state.params, train.x, train.y, eval_x, eval_y),
+                       {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes})
+    history.compile_seconds = time.perf_counter() - start
+
+    for epoch in range(first, epochs):
+        order = order0 if epoch == first else shuffled_order(jax.random.fold_in(key, epoch), n)
         start = time.perf_counter()
-        new_state, finite = epoch_fn(state, train.x, train.y, jax.random.fold_in(key, epoch))
+        new_state, finite = epoch_fn(state, train.x, train.y, order)
         jax.block_until_ready(new_state)
         seconds = time.perf_counter() - start
-        train_cost, _ = evaluate(new_state.params, train, cost=cost, activation=activation)
-        growth = float(_rms(new_state.params)) / max(float(_rms(state.params)), 1.0)
+        m = jax.device_get(end_fn(new_state.params, state.params, train.x, train.y, eval_x, eval_y))
+        m = {k: float(v) for k, v in m.items()}
+        growth, train_cost = m["growth"], m["train_cost"]
+        cost_finite = bool(finite) and math.isfinite(train_cost)
         problem = None
-        if not (bool(finite) and math.isfinite(train_cost) and math.isfinite(growth)):
+        if not (cost_finite and m["params_finite"] and math.isfinite(growth)):
             problem = f"the cost became NaN or infinite in epoch {epoch + 1} (training cost {train_cost})"
         elif max_growth is not None and growth > max_growth:
-            problem = (f"the parameters grew {growth:.3g}x in epoch {epoch + 1} (more than max_growth={max_growth}), "
-                       f"saturating the network (training cost {train_cost:.4g})")
+            problem = (f"the parameters grew {growth:.3g}x in epoch {epoch + 1} (more than max_growth={max_growth}; "
+                       f"training cost {train_cost:.4g})")
         if problem:
             history.stop_reason = "diverged"
             raise DivergenceError(
                 f"{problem}; the learning rate is probably too large: try one 10x smaller",
-                epoch=epoch + 1, history=history, last_finite=state,
-            )
+                epoch=epoch + 1, history=history, last_finite=state, growth=growth, max_growth=max_growth,
+                cost_finite=cost_finite)
         state = new_state
-        record = {"epoch": epoch + 1, "train_cost": train_cost, "eval_cost": None, "eval_accuracy": None,
+
+        measured = {k: None if math.isnan(v) else v for k, v in m.items()}  # NaN: not measured
+        record = {"epoch": epoch + 1, "train_cost": train_cost, "train_accuracy": measured["train_accuracy"],
+                  "eval_cost": measured.get("eval_cost"), "eval_accuracy": measured.get("eval_accuracy"),
                   "seconds": seconds}
-        if eval_data is not None:
-            record["eval_cost"], record["eval_accuracy"] = evaluate(
-                state.params, eval_data, cost=cost, activation=activation)
+        if eta_halving is not None:
+            record["learning_rate_scale"] = watch.scale  # the scale this epoch trained with
         history.epochs.append(record)
+        if record["eval_accuracy"] is not None and (patience is not None or eta_halving is not None):
+            watch.observe(epoch + 1, record["eval_accuracy"], eta_halving)
+            if watch.best_epoch == epoch + 1:
+                best = state.params
+            if eta_halving is not None and watch.scale != record["learning_rate_scale"]:
+                state = TrainState(state.params, state.opt_state._replace(scale=jnp.float32(watch.scale)))
+        history.best_epoch = watch.best_epoch if patience is not None else None
         if on_epoch_end is not None:
-            on_epoch_end(EpochEnd(epoch + 1, state, history))
+            on_epoch_end(EpochEnd(epoch + 1, state, history, best if patience is not None else None))
         if target_cost is not None and train_cost <= target_cost:
             history.stop_reason = "target_cost"
             break
+        if patience is not None and watch.since_best >= patience:
+            history.stop_reason = "early_stopping"
+            break
+        if eta_halving is not None and watch.scale <= ETA_HALVING_FLOOR:
+            history.stop_reason = "eta_schedule"
+            break
+    if patience is not None and best is not None:
+        return best, history
     return state.params, history

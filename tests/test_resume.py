@@ -6,6 +6,7 @@ be bit-identical (CPU) and its history the same except the wall-clock ``seconds`
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,7 +58,9 @@ def _npz(path):
 
 
 def _without_seconds(history):
-    return {**history, "epochs": [{k: v for k, v in e.items() if k != "seconds"} for e in history["epochs"]]}
+    timings = ("seconds", "compile_seconds")  # wall-clock measurements, the only things a resume may change
+    return {**{k: v for k, v in history.items() if k not in timings},
+            "epochs": [{k: v for k, v in e.items() if k not in timings} for e in history["epochs"]]}
 
 
 def _assert_same_run(a, b, *, momentum=False):
@@ -187,4 +190,6 @@ def test_divergence_exits_3_keeps_a_readable_last_checkpoint_and_suggests_a_smal
     for a, b in zip(jax.tree.leaves(ckpt.state.params), jax.tree.leaves(gd.init_mlp(init_key, [784, 30, 10]))):
         np.testing.assert_array_equal(a, b)
     history = json.loads((out / "history.json").read_text())
-    assert history["stop_reason"] == "diverged" and history["last_good_epoch"] == 0 and "44" in history["divergence"]
+    assert history["stop_reason"] == "diverged" and history["last_good_epoch"] == 0
+    growth = re.search(r"grew ([0-9.e+]+)x", history["divergence"])
+    assert growth and float(growth.group(1)) > 10.0  # above the default max_growth

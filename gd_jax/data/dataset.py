@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Dataset", "check_dataset"]
@@ -69,11 +70,13 @@ def check_dataset(data: Dataset, *, n_inputs: int | None = None, n_classes: int 
             f"{name}.x has {x.shape[1]} features but the network's input layer has {n_inputs}; "
             f"make the first layer size {x.shape[1]} (e.g. --sizes {x.shape[1]},30,10)"
         )
-    x_np, y_np = np.asarray(x), np.asarray(y)
-    if not np.isfinite(x_np).all():
-        bad = int(np.size(x_np) - np.isfinite(x_np).sum())
+    # Arrays already on a device are checked there: copying them to the host costs more than the check.
+    xp = jnp if isinstance(x, jax.Array) else np
+    bad = int(xp.size(x) - xp.isfinite(x).sum())
+    if bad:
         raise ValueError(f"{name}.x holds {bad} NaN or infinite values; clean or impute them before training")
-    lo, hi = int(y_np.min()), int(y_np.max())
+    yp = jnp if isinstance(y, jax.Array) else np
+    lo, hi = int(yp.min(y)), int(yp.max(y))
     if lo < 0 or (n_classes is not None and hi >= n_classes):
         limit = f"[0, {n_classes})" if n_classes is not None else "non-negative"
         raise ValueError(
