@@ -155,7 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
     evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
     common_options(evaluate)
-    parser.gd_jax_commands = (train, evaluate)
+
+    from gd_jax.sweep_cli import add_sweep_arguments
+
+    sweep = commands.add_parser("sweep", help="train a grid of models as one compiled program",
+                                description="Train the cartesian product of the comma-listed --eta, --momentum and "
+                                            "--lmbda values times --seeds seeds as one compiled program, into one "
+                                            "sweep folder; every train option applies to all the models.")
+    add_sweep_arguments(sweep)
+    common_options(sweep)
+    parser.gd_jax_commands = (train, evaluate, sweep)
     return parser
 
 
@@ -580,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = _select_device(args.device)
             # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
             with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
-                command = {"train": _train, "evaluate": _evaluate}[args.command]
+                from gd_jax.sweep_cli import run_sweep
+
+                command = {"train": _train, "evaluate": _evaluate, "sweep": run_sweep}[args.command]
                 return command(args, _given_options(argv), ["gd-jax", *argv])
         finally:
             jax.config.update("jax_platforms", platforms)

@@ -5,10 +5,11 @@ times every seed,
 
 .. math:: \\{(h_1, \\dots, h_m, s)\\} = H_1 \\times \\dots \\times H_m \\times S,
 
-by ``jax.vmap`` of the very epoch ``fit`` runs (``gd.make_epoch``) over a leading *model
-axis*: the parameters and optimizer states of the ``K`` models are stacked (each leaf gains a
-first axis of length ``K``) and the hyperparameters enter as ``(K,)`` arrays through the
-caller's ``make_optimizer(h)`` / ``make_cost(h)`` factories, so the whole grid compiles once.
+with the very epoch ``fit`` runs (``gd.make_epoch``) over a *model axis*: the parameters and
+optimizer states of the ``K`` models are stacked (each leaf gains an axis of length ``K``; a
+``SweepResult`` always holds it first) and the hyperparameters enter as ``(K,)`` arrays through
+the caller's ``make_optimizer(h)`` / ``make_cost(h)`` factories, so the whole grid compiles
+once (see ``make_sweep_epoch``).
 
 **Each model is the model ``fit`` trains.** Seed ``s`` gives the keys that ``gd-jax train
 --seed s`` uses, ``init_key, shuffle_key = jax.random.split(jax.random.key(s))``
@@ -21,11 +22,15 @@ so the ``K`` models are statistically ``K`` separate runs. ``shuffle="shared"``:
 takes the order of the first seed's shuffle key, the usual choice for a hyperparameter sweep
 (the seeds then vary the initialisation only); all models then see the same mini-batch, and
 the first layer of all ``K`` models becomes one wide matrix product per step,
-``x (b, n_0) @ [w_1 ... w_K] (n_0, K n_1)``, instead of ``K`` thin ones.
+``x (b, n_0) @ [w_1 ... w_K] (n_0, K n_1)``, instead of ``K`` thin ones; the program keeps the
+first-layer weights stacked ``(n_0, K, n_1)`` so that this matrix is the stacked array itself
+(``model_axes``), not a copy made every step.
 
 **Per-model divergence.** After each epoch every model is checked as ``fit`` checks a run: a
-NaN or infinite mini-batch cost, training cost or parameter, or a root-mean-square parameter
-growth above ``max_growth`` in the epoch (values below 1 count as 1). Such a model is marked
+NaN or infinite mini-batch cost (with own orders; with a shared order ``make_epoch``'s flag
+covers all the models at once, so there each model answers through the next two signs), training
+cost or parameter, or a root-mean-square parameter growth above ``max_growth`` in the epoch
+(values below 1 count as 1). Such a model is marked
 diverged at that epoch and frozen at its last good parameters (the end of the previous
 epoch, as ``DivergenceError.last_finite``); the others go on and nothing raises. A model
 whose training cost reaches ``target_cost`` stops there too (frozen at that epoch's

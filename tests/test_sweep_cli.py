@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from gd_jax import cli
-from gd_jax.sweep_cli import main
+
+
+def main(argv: list[str]) -> int:
+    return cli.main(["sweep", *argv])
 
 SMALL = ["--sizes", "784,8,10", "--batch-size", "500", "--no-progress"]
 
@@ -41,10 +44,11 @@ def finished(tmp_path_factory):
 def test_sweep_folder_holds_tables_params_and_figures(finished):
     status, out = finished
     assert status == 0
-    assert sorted(os.listdir(out)) == ["accuracy.png", "checkpoints", "costs.png", "params.npz", "sweep.csv",
-                                       "sweep.json"]
+    assert sorted(os.listdir(out)) == ["accuracy.png", "checkpoints", "config.json", "costs.png", "params.npz",
+                                       "sweep.csv", "sweep.json"]
     document = json.loads((out / "sweep.json").read_text())
-    assert document["config"]["settings"]["learning_rate"] == [0.5, 3.0]
+    config = json.loads((out / "config.json").read_text())
+    assert document["config"]["learning_rate"] == config["grid"]["learning_rate"] == [0.5, 3.0]
     assert [(m["learning_rate"], m["seed"]) for m in document["models"]] == [(0.5, 0), (0.5, 1), (3.0, 0), (3.0, 1)]
     rows = list(csv.DictReader(io.StringIO((out / "sweep.csv").read_text())))
     assert len(rows) == len(document["records"]) == 8
@@ -103,7 +107,7 @@ def test_resume_continues_to_the_uninterrupted_result(finished, tmp_path, capsys
     part = tmp_path / "part"
     assert main([*SMALL, "--eta", "0.5,3", "--seeds", "2", "--epochs", "1", "--out", str(part)]) == 0
     assert main(["--resume", str(part), "--eta", "1"]) == 2
-    assert "conflicts with the sweep's saved learning_rate" in capsys.readouterr().err
+    assert "conflicts with the run's saved learning_rate" in capsys.readouterr().err
     assert main(["--resume", str(part), "--epochs", "2", "--no-progress"]) == 0
     resumed, uninterrupted = np.load(part / "params.npz"), np.load(whole / "params.npz")
     for name in uninterrupted.files:
@@ -117,7 +121,7 @@ def test_ctrl_c_keeps_whole_files_and_resumes(tmp_path):
     """SIGINT after the first epoch's checkpoint: exit 130, every file whole, and --resume finishes."""
     out = tmp_path / "s"
     command = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
-               "from gd_jax.sweep_cli import main; sys.exit(main(sys.argv[1:]))",
+               "from gd_jax.cli import main; sys.exit(main(['sweep', *sys.argv[1:]]))",
                *SMALL, "--batch-size", "10", "--eta", "0.5,3", "--epochs", "40", "--out", str(out)]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
