@@ -1,0 +1,112 @@
+"""Data parallelism on a device mesh and multi-process runs, each in fresh subprocesses.
+
+A process fixes its device count when JAX's backend starts, and may join one
+``jax.distributed`` run only once, so every check here runs in its own child processes.
+Every socket binds 127.0.0.1.
+
+Stated tolerance: data-parallel training equals single-device training to a largest
+absolute parameter difference of ``TOLERANCE`` after two epochs (only the summation order
+of the gradient differs; measured 1e-6 and below, see experiments/benchmarks/data_parallel.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TOLERANCE = 1e-5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _python(code: str, timeout: float = 240) -> dict:
+    """Runs ``code`` in a fresh Python; it prints one JSON object as its last line."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=_env(), timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# Four CPU devices in one process: the same fit on one device and on the mesh, side by side.
+_FOUR_DEVICES = """
+import json
+import jax
+import numpy as np
+
+jax.config.update("jax_num_cpu_devices", 4)
+import gd_jax as gd
+from gd_jax.parallel import data_mesh
+
+train, test = gd.load_mnist("sample")
+mesh = data_mesh(4)
+params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+out = {"devices": len(mesh.devices.ravel())}
+
+def largest_difference(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(jax.tree.leaves(a),
+                                                                                   jax.tree.leaves(b)))
+
+# One full-batch step of plain gradient descent moves the parameters by -eta * gradient:
+# on 4 devices the move must be the single-device one, not 4 times it.
+one = train.take(64)
+kw = dict(epochs=1, batch_size=64, optimizer=gd.sgd(1.0), cost=gd.quadratic_cost, key=jax.random.key(1))
+single, _ = gd.fit(params, one, **kw)
+parallel, _ = gd.fit(params, one, mesh=mesh, **kw)
+move = lambda p: np.concatenate([np.ravel(np.asarray(a) - np.asarray(b)) for a, b in zip(jax.tree.leaves(p),
+                                                                                       jax.tree.leaves(params))])
+gradient = np.concatenate([np.ravel(g) for g in jax.tree.leaves(jax.grad(gd.quadratic_cost)(
+    params, one.x, jax.nn.one_hot(one.y, 10)))])
+out["move_ratio"] = float(np.linalg.norm(move(parallel)) / np.linalg.norm(move(single)))
+out["move_vs_gradient"] = float(np.max(np.abs(move(parallel) + gradient)) / np.max(np.abs(gradient)))
+
+# Two epochs with momentum, 1,010 rows in batches of 20: 50 sharded steps and a last batch
+# of 10 rows, which does not split over 4 devices.
+data = train.take(1010)
+kw = dict(epochs=2, batch_size=20, optimizer=gd.sgd(3.0, momentum=0.5), cost=gd.quadratic_cost,
+          key=jax.random.key(1), eval_data=test.take(2000))
+single, h1 = gd.fit(params, data, **kw)
+parallel, h4 = gd.fit(params, data, mesh=mesh, **kw)
+out["difference"] = largest_difference(single, parallel)
+out["moved"] = largest_difference(single, params)
+out["accuracy"] = [h1["eval_accuracy"], h4["eval_accuracy"]]
+out["train_cost"] = [h1["train_cost"], h4["train_cost"]]
+try:
+    gd.fit(params, data, mesh=mesh, **{**kw, "batch_size": 10})
+except ValueError as e:
+    out["bad_batch"] = str(e)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    return _python(_FOUR_DEVICES)
+
+
+def test_four_devices_equal_one_device(four_devices):
+    r = four_devices
+    assert r["devices"] == 4
+    assert r["moved"] > 0.1  # the runs trained: the comparison below is not between two idle models
+    assert r["difference"] < TOLERANCE, r
+    assert r["train_cost"][1] == pytest.approx(r["train_cost"][0], rel=1e-5)
+    assert r["accuracy"][1] == pytest.approx(r["accuracy"][0], abs=1e-3)
+
+
+def test_the_gradient_is_not_multiplied_by_the_device_count(four_devices):
+    # Differentiating each device's cost and then averaging the gradients over the devices
+    # (shard_map's trap) moves the parameters 4 times as far as one device does.
+    assert four_devices["move_ratio"] == pytest.approx(1.0, abs=1e-5)
+    assert four_devices["move_vs_gradient"] < 1e-5
+
+
+def test_a_batch_that_does_not_split_is_refused_with_the_nearest_sizes(four_devices):
+    assert four_devices["bad_batch"] == ("batch_size 10 does not divide evenly over 4 devices; use 8 or 12 (a multiple "
+                                         "of 4), or train on fewer devices")
