@@ -43,7 +43,8 @@ SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "neste
 # What --resume may change: how many epochs in all, and where the (same) data lives.
 RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir")
 # Options that only steer this invocation, never the run.
-INVOCATION_ONLY = ("resume", "no_progress", "download", "debug")
+INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "devices", "coordinator", "num_processes",
+                   "process_id")
 
 
 class UsageError(ValueError):
@@ -67,7 +68,9 @@ def _sizes(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from gd_jax.costs import COSTS
     from gd_jax.data.mnist import SOURCES
+    from gd_jax.launch import add_launch_parser
     from gd_jax.network import ACTIVATIONS, INITS
+    from gd_jax.parallel import add_parallel_arguments
 
     parser = _Parser(prog="gd-jax", description="Train feed-forward networks by gradient descent in JAX.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in DIR from its last checkpoint, with its saved settings")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     data_options(train)
+    add_parallel_arguments(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained network",
                                    description="Cost and accuracy of a run's params.npz on a dataset's test split.")
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
     evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
     data_options(evaluate)
-    parser.gd_jax_commands = (train, evaluate)
+    launch = add_launch_parser(commands)
+    parser.gd_jax_commands = (train, evaluate, launch)
     return parser
 
 
@@ -300,8 +305,10 @@ def _train(args: argparse.Namespace, given: set[str]) -> int:
     from gd_jax.checkpoint import load_checkpoint
     from gd_jax.costs import COSTS
     from gd_jax.data import check_dataset
+    from gd_jax.parallel import PeerLostError, check_batch_size, exit_peer_lost, is_writer, start_parallel
     from gd_jax.train import check_fit_arguments
 
+    mesh = start_parallel(args)  # before any JAX computation: devices, jax.distributed
     # Everything is validated before the run folder is touched, so a mistake writes nothing.
     if args.resume is not None:
         out, settings, checkpoint = _resume_settings(args, given)
@@ -311,7 +318,7 @@ def _train(args: argparse.Namespace, given: set[str]) -> int:
     optimizer = gd.sgd(run.learning_rate, momentum=run.momentum, nesterov=run.nesterov)
     cost = functools.partial(COSTS[run.cost], activation=run.activation)
     if args.resume is None:
-        out = _prepare_out(args.out, args.overwrite)
+        out = _prepare_out(args.out, args.overwrite) if is_writer() else args.out
     key = jax.random.key(run.seed)
     init_key, shuffle_key = jax.random.split(key)
     params = gd.init_mlp(init_key, run.sizes, run.init)
@@ -321,10 +328,13 @@ def _train(args: argparse.Namespace, given: set[str]) -> int:
     check_fit_arguments(params, train, eval_data=eval_data, epochs=run.epochs, batch_size=run.batch_size,
                         target_cost=run.target_cost)
     check_dataset(test, n_inputs=run.sizes[0], n_classes=run.sizes[-1], name="test data")
+    if mesh is not None:
+        check_batch_size(run.batch_size, mesh.size)
     config = {
         **settings, "n_train": train.size, "n_eval": eval_data.size,
         "gd_jax": gd.__version__, "jax": jax.__version__, "device": str(jax.devices()[0]),
-        "python": platform.python_version(),
+        "python": platform.python_version(), "devices": 1 if mesh is None else mesh.size,
+        "processes": jax.process_count(),
     }
     opt_state, history, done = None, None, 0
     if checkpoint is not None:
@@ -342,11 +352,13 @@ def _train(args: argparse.Namespace, given: set[str]) -> int:
                 and history.epochs[-1]["train_cost"] <= run.target_cost)
 
     plan = _Plan(run, out, config, optimizer, cost, params, opt_state, shuffle_key, history, done, finished,
-                 checkpoint, train, eval_data, test)
+                 checkpoint, train, eval_data, test, mesh)
     # From here on the run folder is written, every file atomically: an interruption at any
     # moment leaves each file whole, and the newest checkpoint to resume from.
     try:
         return _run(args, plan)
+    except PeerLostError as e:  # another process died or hung: one line, and out at once
+        exit_peer_lost(e, resume=out)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
@@ -379,22 +391,29 @@ class _Plan:
     train: Any
     eval_data: Any
     test: Any
+    mesh: Any = None  # data parallel over this mesh (None: one device)
 
 
 def _run(args: argparse.Namespace, plan: _Plan) -> int:
     """Trains and writes the run folder (everything is validated by now)."""
     import gd_jax as gd
     from gd_jax.checkpoint import checkpoint_path, save_checkpoint
+    from gd_jax.parallel import is_writer
     from gd_jax.plotting import plot_history
     from gd_jax.train import DivergenceError
 
     run, out, config, history = plan.run, plan.out, plan.config, plan.history
+    writer = is_writer()  # in a multi-process run, process 0 alone writes the run folder
 
-    if args.resume is None:
+    if args.resume is None and writer:
         _make_out(out, args.overwrite)
-    _write_json(os.path.join(out, "config.json"), config)
+    if writer:
+        _write_json(os.path.join(out, "config.json"), config)
 
     def save(epoch: int, state: gd.TrainState, history: gd.History) -> None:
+        if not writer:
+            plan.done = epoch
+            return
         with _interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
             save_checkpoint(os.path.join(out, CHECKPOINTS), epoch=epoch, state=state, key=plan.key, history=history,
                             config=config)
@@ -404,12 +423,13 @@ def _run(args: argparse.Namespace, plan: _Plan) -> int:
 
     if plan.checkpoint is None:
         save(0, gd.TrainState(plan.params, plan.optimizer.init(plan.params)), gd.History())
-    else:
+    elif writer:
         print(f"gd-jax: resuming {out} after epoch {plan.done} of {run.epochs} ({plan.checkpoint})", file=sys.stderr)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=run.epochs, initial=plan.done, unit="epoch", disable=args.no_progress, file=sys.stderr,
+    bar = tqdm(total=run.epochs, initial=plan.done, unit="epoch", disable=args.no_progress or not writer,
+               file=sys.stderr,
                dynamic_ncols=True)
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
@@ -427,9 +447,12 @@ def _run(args: argparse.Namespace, plan: _Plan) -> int:
             params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=run.epochs,
                                      batch_size=run.batch_size, optimizer=plan.optimizer, cost=plan.cost,
                                      key=plan.key, activation=run.activation, target_cost=run.target_cost,
-                                     opt_state=plan.opt_state, history=history, on_epoch_end=on_epoch_end)
+                                     opt_state=plan.opt_state, history=history, on_epoch_end=on_epoch_end,
+                                     mesh=plan.mesh)
     except DivergenceError as e:
         bar.close()
+        if not writer:
+            return EXIT_DIVERGED
         if args.debug:
             traceback.print_exc()
         kept = checkpoint_path(os.path.join(out, CHECKPOINTS), plan.done)
@@ -446,6 +469,8 @@ def _run(args: argparse.Namespace, plan: _Plan) -> int:
 
     test = plan.test
     test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=run.activation)
+    if not writer:
+        return 0
     with _interrupts_deferred():
         gd.save_params(os.path.join(out, "params.npz"), params)
         _write_json(os.path.join(out, "history.json"), {
@@ -490,6 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.debug = debug
         with _interrupts_as_keyboard_interrupt():
+            if args.command == "launch":
+                from gd_jax.launch import run_launch
+
+                return run_launch(args)
             return {"train": _train, "evaluate": _evaluate}[args.command](args, _given_options(argv))
     except (ValueError, OSError) as e:  # bad input: bad values, missing or damaged files, unwritable folders
         if debug:

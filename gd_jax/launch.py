@@ -91,15 +91,13 @@ def launch(command: Sequence[str], n: int, *, host: str = LOCALHOST, port: int |
         _stop(processes)
 
 
-def add_launch_parser(commands: argparse._SubParsersAction, parser_class: type | None = None,
-                      ) -> argparse.ArgumentParser:
-    """Adds the ``launch`` command to the ``gd-jax`` sub-command parsers."""
-    kwargs = {"parser_class": parser_class} if parser_class else {}
+def add_launch_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds the ``launch`` command to the ``gd-jax`` sub-command parsers (``parser.add_subparsers()``)."""
     p = commands.add_parser(
         "launch", help="run a command as N processes of one data-parallel run on this machine",
         description="Start N processes of one run on this machine (coordinator 127.0.0.1 on a free port), e.g. "
                     "gd-jax launch -n 2 train --epochs 2 --out runs/two. Process 0 writes the run folder. The "
-                    "first non-zero exit status is returned, and the other processes are stopped.", **kwargs)
+                    "first non-zero exit status is returned, and the other processes are stopped.")
     p.add_argument("-n", "--num-processes", dest="launch_processes", type=int, required=True, metavar="N",
                    help="number of processes")
     p.add_argument("--port", type=int, default=None, help="the coordinator's port on 127.0.0.1 (default: a free one)")

@@ -313,7 +313,8 @@ def data_parallel_epoch(mesh: Mesh, x: Any, y: Any, state: TrainState, order: np
 
     def run(state: TrainState, order: np.ndarray) -> tuple[TrainState, jax.Array]:
         try:
-            new_state, finite = compiled(_replicate(state, replicated), *feed(order))
+            # Waited for here, inside the try: a collective fails when its result is awaited.
+            new_state, finite = jax.block_until_ready(compiled(_replicate(state, replicated), *feed(order)))
             return _local(new_state), _local(finite)
         except Exception as e:  # a collective that failed because a peer died: say so in one line
             if _is_peer_failure(e):

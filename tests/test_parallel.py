@@ -110,3 +110,98 @@ def test_the_gradient_is_not_multiplied_by_the_device_count(four_devices):
 def test_a_batch_that_does_not_split_is_refused_with_the_nearest_sizes(four_devices):
     assert four_devices["bad_batch"] == ("batch_size 10 does not divide evenly over 4 devices; use 8 or 12 (a multiple "
                                          "of 4), or train on fewer devices")
+
+
+# Several processes on 127.0.0.1, through the command line.
+
+TRAIN = ["train", "--epochs", "2", "--batch-size", "100", "--sizes", "784,20,10", "--no-progress"]
+# Over the 100 steps of two epochs the summation order alone moves the parameters this much
+# (measured about 1e-6 here; the textbook's 6,000 steps of batch 10 reach about 3e-5).
+CLI_TOLERANCE = 1e-4
+
+
+def _gd_jax(*args: str, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gd_jax", *args], capture_output=True, text=True, env=_env(),
+                          cwd=cwd, timeout=timeout)
+
+
+def _params(folder) -> list:
+    import numpy as np
+
+    with np.load(os.path.join(folder, "params.npz")) as f:
+        return [f[k] for k in sorted(f.files)]
+
+
+def _largest_difference(a: list, b: list) -> float:
+    import numpy as np
+
+    assert [x.shape for x in a] == [y.shape for y in b]
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+def test_launch_two_processes_writes_one_run_folder_equal_to_one_process(tmp_path):
+    two = _gd_jax("launch", "-n", "2", *TRAIN, "--out", "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path)) == ["two"]  # process 1 wrote nothing of its own
+    one = _gd_jax(*TRAIN, "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with open(tmp_path / "two" / "history.json") as f:
+        history = json.load(f)
+    assert history["config"]["processes"] == 2 and history["config"]["devices"] == 2
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert _largest_difference(_params(tmp_path / "two"), _params(tmp_path / "one")) < CLI_TOLERANCE
+
+
+def _free_port() -> int:
+    from gd_jax.launch import free_port
+
+    return free_port("127.0.0.1")
+
+
+@pytest.mark.slow
+def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
+
+    port = _free_port()
+    args = [*TRAIN[:2], "1000", *TRAIN[3:], "--out", "run", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+            "2"]
+    processes = [subprocess.Popen([sys.executable, "-m", "gd_jax", *args, "--process-id", str(i)], cwd=tmp_path,
+                                  env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    try:
+        checkpoints = tmp_path / "run" / "checkpoints"
+        deadline = time.monotonic() + 240
+        while not (checkpoints / "epoch-000002.npz").exists():
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "training never started"
+            time.sleep(0.1)
+        processes[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = processes[0].communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert processes[0].returncode == 4
+    assert waited < 30
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("gd-jax: error: process 0 of 2 lost contact with process 1: it died or hung")
+    assert "--resume run" in lines[0]
+
+    # The run folder keeps its last finished epoch; the same run resumed ends as one process would.
+    done = read_checkpoint_manifest(latest_checkpoint(str(checkpoints)))["epoch"]
+    assert done >= 2
+    resumed = _gd_jax("launch", "-n", "2", "train", "--resume", "run", "--epochs", str(done + 1), "--no-progress",
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = _gd_jax(*TRAIN[:2], str(done + 1), *TRAIN[3:], "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with open(tmp_path / "run" / "history.json") as f:
+        assert [e["epoch"] for e in json.load(f)["epochs"]] == list(range(1, done + 2))
+    assert _largest_difference(_params(tmp_path / "run"), _params(tmp_path / "one")) < CLI_TOLERANCE
