@@ -308,7 +308,10 @@ def _train(args: argparse.Namespace, given: set[str]) -> int:
     from gd_jax.parallel import PeerLostError, check_batch_size, exit_peer_lost, is_writer, start_parallel
     from gd_jax.train import check_fit_arguments
 
-    mesh = start_parallel(args)  # before any JAX computation: devices, jax.distributed
+    try:
+        mesh = start_parallel(args)  # before any JAX computation: devices, jax.distributed
+    except PeerLostError as e:
+        exit_peer_lost(e)
     # Everything is validated before the run folder is touched, so a mistake writes nothing.
     if args.resume is not None:
         out, settings, checkpoint = _resume_settings(args, given)

@@ -20,7 +20,7 @@ parameters is a ``psum``). Differentiating each device's own mean cost and then 
 ``pmean`` of the gradients therefore trains with ``D`` times the gradient. Here the mean
 over devices is taken of the *cost*, before differentiating, which gives the right gradient.
 
-**Several processes.** With ``jax.distributed`` (``initialize``) the mesh spans the devices
+**Several processes.** With ``jax.distributed`` (``initialize_distributed``) the mesh spans the devices
 of every process; each process feeds only its own rows of every global batch
 (``jax.make_array_from_process_local_data``), drawn from the same shuffled order, so every
 process must hold the same data: ``fit`` compares a fingerprint of it across processes
@@ -57,7 +57,7 @@ __all__ = [
     "data_mesh",
     "data_parallel_epoch",
     "fingerprint",
-    "initialize",
+    "initialize_distributed",
     "make_data_parallel_epoch",
     "use_cpu_devices",
 ]
@@ -339,9 +339,9 @@ def _peer_lost(e: BaseException) -> PeerLostError:
     return PeerLostError(f"process {me} of {count} lost contact with {who}: it died or hung ({detail})")
 
 
-def initialize(coordinator: str, num_processes: int, process_id: int, *, local_devices: int | None = None,
-               initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
-               heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S) -> None:
+def initialize_distributed(coordinator: str, num_processes: int, process_id: int, *,
+                           local_devices: int | None = None, initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
+                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S) -> None:
     """Joins a multi-process run through ``jax.distributed``, with timeouts that fail fast.
 
     Call it first, before any JAX computation. Process 0 runs the coordinator, bound to
@@ -396,7 +396,6 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-
 # The command line: `gd-jax train --devices N|all`, `--coordinator HOST:PORT --num-processes N --process-id I`.
 
 
@@ -443,7 +442,21 @@ def start_parallel(args: Any) -> Mesh | None:
                          "--process-id I (or use: gd-jax launch -n N train ...)")
     local = cpu_count() if args.devices == "all" else args.devices
     if distributed[0] is not None:
-        initialize(args.coordinator, args.num_processes, args.process_id, local_devices=local)
+        # JAX aborts a process whose peers do not join in time, with pages of runtime logs;
+        # say it in one line just before that.
+        import threading
+
+        late = PeerLostError(f"process {args.process_id} of {args.num_processes} could not join the run at "
+                             f"{args.coordinator} within {INITIALIZATION_TIMEOUT_S} s: start all {args.num_processes} "
+                             "processes with the same --coordinator (process 0's address), each with its own "
+                             "--process-id")
+        watchdog = threading.Timer(INITIALIZATION_TIMEOUT_S - 0.5, exit_peer_lost, (late,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, local_devices=local)
+        finally:
+            watchdog.cancel()
     elif local is not None:
         use_cpu_devices(local)
     if args.devices is None and distributed[0] is None:

@@ -455,7 +455,7 @@ def fit(
         progress bars).
       mesh: train data-parallel on this device mesh (``gd.data_mesh()``): each mini-batch
         split over its ``"data"`` axis, ``batch_size`` a multiple of its size; across
-        processes after ``gd.initialize``. See ``gd_jax.parallel``. Default: one device.
+        processes after ``gd.initialize_distributed``. See ``gd_jax.parallel``. Default: one device.
 
     Returns:
       ``(params, history)``.
