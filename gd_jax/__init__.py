@@ -29,6 +29,13 @@ from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
 from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.parallel import (
+    PeerLostError,
+    data_mesh,
+    initialize_distributed,
+    make_data_parallel_epoch,
+    use_cpu_devices,
+)
 from gd_jax.serialization import load_params, save_params
 from gd_jax.train import (
     DivergenceError,
@@ -55,6 +62,7 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
+    "PeerLostError",
     "SgdState",
     "TrainState",
     "accuracy",
@@ -63,17 +71,20 @@ __all__ = [
     "batch_grad",
     "checkpoint_callback",
     "cross_entropy_cost",
+    "data_mesh",
     "evaluate",
     "finite_difference_grad",
     "fit",
     "forward",
     "init_mlp",
+    "initialize_distributed",
     "l2_penalty",
     "latest_checkpoint",
     "load_checkpoint",
     "load_mnist",
     "load_params",
     "log_likelihood_cost",
+    "make_data_parallel_epoch",
     "make_epoch",
     "mlp_predict",
     "per_example_grads",
@@ -85,6 +96,7 @@ __all__ = [
     "sgd",
     "sgd_update",
     "shuffled_order",
+    "use_cpu_devices",
     "with_l2",
     "write_idx",
 ]
