@@ -205,3 +205,39 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
     with open(tmp_path / "run" / "history.json") as f:
         assert [e["epoch"] for e in json.load(f)["epochs"]] == list(range(1, done + 2))
     assert _largest_difference(_params(tmp_path / "run"), _params(tmp_path / "one")) < CLI_TOLERANCE
+
+
+_MISMATCH = """
+import json, sys
+from gd_jax import parallel
+process_id, port = int(sys.argv[1]), sys.argv[2]
+parallel.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
+import jax
+import gd_jax as gd
+train = gd.load_mnist("sample")[0].take(200)
+if process_id == 1:  # one pixel of one digit differs on process 1
+    x = train.x.copy()
+    x[7, 300] = 1.0 - x[7, 300]
+    train = gd.Dataset(x, train.y)
+try:
+    gd.fit(gd.init_mlp(jax.random.key(0), [784, 10, 10]), train, epochs=1, batch_size=20, optimizer=gd.sgd(3.0),
+           cost=gd.quadratic_cost, key=jax.random.key(1), mesh=gd.data_mesh())
+    print(json.dumps({"error": None}))
+except ValueError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@pytest.mark.slow
+def test_processes_with_different_data_are_refused_in_one_line():
+    port = str(_free_port())
+    processes = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_MISMATCH), str(i), port], cwd=ROOT,
+                                  env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in processes]
+    for p, (out, err) in zip(processes, outs):
+        assert p.returncode == 0, err[-3000:]
+        error = json.loads(out.strip().splitlines()[-1])["error"]
+        assert error is not None and "\n" not in error
+        assert error.startswith("the training data differs between processes: process 1 has fingerprint ")
+        assert "every process must load the same data" in error
