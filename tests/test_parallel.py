@@ -169,11 +169,15 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
     port = _free_port()
     args = [*TRAIN[:2], "1000", *TRAIN[3:], "--out", "run", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
             "2"]
-    processes = [subprocess.Popen([sys.executable, "-m", "gd_jax", *args, "--process-id", str(i)], cwd=tmp_path,
+    # Each process in a folder of its own, as on two hosts: only process 0 may write its --out.
+    hosts = [tmp_path / "host0", tmp_path / "host1"]
+    for host in hosts:
+        host.mkdir()
+    processes = [subprocess.Popen([sys.executable, "-m", "gd_jax", *args, "--process-id", str(i)], cwd=hosts[i],
                                   env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
     try:
-        checkpoints = tmp_path / "run" / "checkpoints"
+        checkpoints = hosts[0] / "run" / "checkpoints"
         deadline = time.monotonic() + 240
         while not (checkpoints / "epoch-000002.npz").exists():
             assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "training never started"
@@ -189,6 +193,7 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
             p.communicate()
     assert processes[0].returncode == 4
     assert waited < 30
+    assert os.listdir(hosts[1]) == []  # process 1 wrote nothing
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("gd-jax: error: process 0 of 2 lost contact with process 1: it died or hung")
@@ -198,13 +203,13 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
     done = read_checkpoint_manifest(latest_checkpoint(str(checkpoints)))["epoch"]
     assert done >= 2
     resumed = _gd_jax("launch", "-n", "2", "train", "--resume", "run", "--epochs", str(done + 1), "--no-progress",
-                      cwd=tmp_path)
+                      cwd=hosts[0])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     one = _gd_jax(*TRAIN[:2], str(done + 1), *TRAIN[3:], "--out", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    with open(tmp_path / "run" / "history.json") as f:
+    with open(hosts[0] / "run" / "history.json") as f:
         assert [e["epoch"] for e in json.load(f)["epochs"]] == list(range(1, done + 2))
-    assert _largest_difference(_params(tmp_path / "run"), _params(tmp_path / "one")) < CLI_TOLERANCE
+    assert _largest_difference(_params(hosts[0] / "run"), _params(tmp_path / "one")) < CLI_TOLERANCE
 
 
 _MISMATCH = """
