@@ -28,7 +28,16 @@ from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_c
 from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.optim import (
+    GradientTransformation,
+    ScaleState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_learning_rate,
+    sgd,
+    sgd_update,
+)
 from gd_jax.parallel import (
     PeerLostError,
     data_mesh,
@@ -63,12 +72,14 @@ __all__ = [
     "GradientTransformation",
     "History",
     "PeerLostError",
-    "SgdState",
+    "ScaleState",
     "TrainState",
     "accuracy",
+    "add_decayed_weights",
     "apply_updates",
     "backprop",
     "batch_grad",
+    "chain",
     "checkpoint_callback",
     "cross_entropy_cost",
     "data_mesh",
@@ -93,6 +104,7 @@ __all__ = [
     "read_idx",
     "save_checkpoint",
     "save_params",
+    "scale_learning_rate",
     "sgd",
     "sgd_update",
     "shuffled_order",

@@ -276,22 +276,32 @@ def test_a_second_fit_with_equal_settings_compiles_nothing(small_train):
     assert history.compile_seconds >= 0 and "compile_seconds" in history.to_dict()
 
 
-def test_compilation_happens_before_the_first_epoch_is_timed(small_train):
-    """Every compile of a fit falls inside the compile_seconds it reports, none inside an epoch's seconds."""
+def test_compilation_happens_before_the_first_epoch_is_timed(small_train, monkeypatch):
+    """Every compile of a fit happens in its ahead-of-time phase, none inside the timed epochs."""
+    import gd_jax.train
+
     params = gd.init_mlp(jax.random.key(0), [784, 26, 10])  # a shape no other test compiles
-    compiles = []
+    events = []
+    ahead_of_time = gd_jax.train._compiled
+
+    def marked(*args, **kwargs):
+        compiled = ahead_of_time(*args, **kwargs)
+        events.append("ahead-of-time compile done")
+        return compiled
 
     def listener(name, seconds, **_):
         if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
+            events.append("backend compile")
 
+    monkeypatch.setattr(gd_jax.train, "_compiled", marked)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         _, history = gd.fit(params, small_train, epochs=3, batch_size=10, optimizer=gd.sgd(3.0),
                             cost=gd.quadratic_cost, key=jax.random.key(0))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert len(compiles) >= 2 and history.compile_seconds >= sum(compiles)
+    assert "backend compile" in events and history.compile_seconds > 0
+    assert events[-1] == "ahead-of-time compile done"  # nothing compiled once the epochs began
 
 
 def test_train_accuracy_is_the_accuracy_on_the_training_set(small_train):
@@ -354,3 +364,35 @@ def test_early_stopping_resumes_exactly(small_train, mnist_sample):
     resumed, resumed_history = run(last.state.params, epochs=25, opt_state=last.state.opt_state,
                                    history=last.history, best_params=last.best_params)
     assert _leaves_equal(resumed, straight) and resumed_history.best_epoch == straight_history.best_epoch
+
+
+def _textbook_halvings(accuracies, n):
+    """Chapter 3's schedule, written out: the learning-rate scale each epoch trains with, and where it stops."""
+    scales, scale, best, since = [], 1.0, -1.0, 0
+    for a in accuracies:
+        scales.append(scale)
+        if a > best:
+            best, since = a, 0
+        else:
+            since += 1
+            if since == n:
+                scale, since = scale / 2, 0
+        if scale <= 1 / 128:
+            break
+    return scales
+
+
+def test_eta_halving_trains_as_the_textbook_schedule_with_plain_sgd_at_each_rate(small_train, mnist_sample):
+    params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+    common = dict(train=small_train, eval_data=mnist_sample[1].take(300), batch_size=10, cost=gd.quadratic_cost,
+                  key=jax.random.key(5))
+    got, history = gd.fit(params, epochs=60, optimizer=gd.sgd(3.0), eta_halving=1, **common)
+    scales = _textbook_halvings(history["eval_accuracy"], 1)
+    assert history.stop_reason == "eta_schedule" and len(history) == len(scales) < 60
+    assert history["learning_rate_scale"] == scales and min(scales) == 1 / 64  # the last epoch ran at 1/64
+    # The reference: one epoch at a time with plain sgd at eta * scale (powers of two: exact).
+    want, done = params, gd.History()
+    for scale in scales:
+        want, done = gd.fit(want, epochs=len(done) + 1, optimizer=gd.sgd(3.0 * scale), history=done, **common)
+    assert _leaves_equal(got, want)
+    assert done["eval_accuracy"] == history["eval_accuracy"]
