@@ -372,6 +372,8 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
                          f"got {process_id!r}")
     if local_devices is not None:
         use_cpu_devices(local_devices)
+    # gd_jax does not use JAX's preemption notices; off, a lost coordinator logs no extra lines about them.
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id, coordinator_bind_address=coordinator,
                                    initialization_timeout=initialization_timeout,
