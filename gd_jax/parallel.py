@@ -52,13 +52,18 @@ __all__ = [
     "DATA_AXIS",
     "EXIT_PEER_LOST",
     "PeerLostError",
+    "add_parallel_arguments",
     "check_batch_size",
     "check_same_across_processes",
+    "cpu_count",
     "data_mesh",
     "data_parallel_epoch",
+    "exit_peer_lost",
     "fingerprint",
     "initialize_distributed",
+    "is_writer",
     "make_data_parallel_epoch",
+    "start_parallel",
     "use_cpu_devices",
 ]
 
@@ -422,10 +427,6 @@ def add_parallel_arguments(parser: Any) -> None:
                        help="address of process 0 in a multi-process run (with --num-processes, --process-id)")
     group.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
     group.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 to N-1")
-
-
-# Settings that steer how a run executes, never what it computes: a run may resume with others.
-PARALLEL_OPTIONS = ("devices", "coordinator", "num_processes", "process_id")
 
 
 def start_parallel(args: Any) -> Mesh | None:
