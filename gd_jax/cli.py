@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "launch":
             from gd_jax.launch import run_launch
 
-            with bad_input():
+            with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
                 return run_launch(args)
         _use_compile_cache(compile_cache_folder(args.no_compile_cache))
         args.mesh = _start_parallel(args) if args.command == "train" else None

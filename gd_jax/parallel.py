@@ -75,7 +75,6 @@ INITIALIZATION_TIMEOUT_S = 20
 HEARTBEAT_TIMEOUT_S = 10
 SHUTDOWN_TIMEOUT_S = 60  # at a normal end, how long the others wait for process 0 to write its files
 
-
 EXIT_PEER_LOST = 4  # the CLI's exit status when a peer process died or hung
 
 
@@ -312,9 +311,11 @@ def data_parallel_epoch(mesh: Mesh, x: Any, y: Any, state: TrainState, order: np
     static = {"cost": cost, "optimizer": optimizer, "mesh": mesh, "n_classes": n_classes}
     args = (_replicate(state, replicated), *feed(order))
     try:
-        compiled = _epoch_cached.lower(*args, **static).compile()
-    except TypeError:  # settings that cannot be hashed (e.g. a lambda cost defined per call): compile uncached
-        compiled = jax.jit(lambda *a: _epoch_impl(*a, **static)).lower(*args).compile()
+        hash(tuple(static.values()))
+        lowered = _epoch_cached.lower(*args, **static)
+    except TypeError:  # settings that cannot be hashed (an optimizer holding arrays): compiled uncached
+        lowered = jax.jit(lambda *a: _epoch_impl(*a, **static)).lower(*args)
+    compiled = lowered.compile()
 
     def run(state: TrainState, order: np.ndarray) -> tuple[TrainState, jax.Array]:
         try:
@@ -330,6 +331,8 @@ def data_parallel_epoch(mesh: Mesh, x: Any, y: Any, state: TrainState, order: np
 
 
 def _is_peer_failure(e: BaseException) -> bool:
+    # JAX raises its generic runtime error when a collective loses a peer: the message
+    # (gloo's socket errors, the coordination service's status) is the only sign.
     text = str(e)
     return jax.process_count() > 1 and any(s in text for s in (
         "Gloo", "gloo", "Connection reset", "Connection closed", "Socket closed", "DEADLINE_EXCEEDED", "UNAVAILABLE",
