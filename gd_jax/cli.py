@@ -603,6 +603,10 @@ def _start_parallel(args: argparse.Namespace) -> Any:
     """``--devices`` and the multi-process flags, acted on before JAX starts; the mesh or None."""
     from gd_jax.parallel import PeerLostError, exit_peer_lost, start_parallel
 
+    if args.device and (args.devices is not None or args.coordinator is not None):
+        import jax
+
+        jax.config.update("jax_platforms", _PLATFORMS[args.device])  # the mesh is made of --device's devices
     try:
         with bad_input():
             return start_parallel(args)
