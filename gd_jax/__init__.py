@@ -41,6 +41,13 @@ from gd_jax.optim import (
     sgd,
     sgd_update,
 )
+from gd_jax.parallel import (
+    PeerLostError,
+    data_mesh,
+    initialize_distributed,
+    make_data_parallel_epoch,
+    use_cpu_devices,
+)
 from gd_jax.plotting import plot_history, write_run_figures
 from gd_jax.serialization import load_params, save_params
 from gd_jax.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, seed_keys, sweep
@@ -70,6 +77,7 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
+    "PeerLostError",
     "ScaleState",
     "SweepEpochEnd",
     "SweepResult",
@@ -83,6 +91,7 @@ __all__ = [
     "checkpoint_callback",
     "confusion_matrix",
     "cross_entropy_cost",
+    "data_mesh",
     "evaluate",
     "finite_difference_grad",
     "fit",
@@ -90,6 +99,7 @@ __all__ = [
     "grid_points",
     "hidden_weight_images",
     "init_mlp",
+    "initialize_distributed",
     "l2_penalty",
     "latest_checkpoint",
     "load_checkpoint",
@@ -97,6 +107,7 @@ __all__ = [
     "load_params",
     "load_trained_network",
     "log_likelihood_cost",
+    "make_data_parallel_epoch",
     "make_epoch",
     "make_sweep_epoch",
     "misclassified",
@@ -119,6 +130,7 @@ __all__ = [
     "sgd_update",
     "shuffled_order",
     "sweep",
+    "use_cpu_devices",
     "with_l2",
     "write_idx",
     "write_run_events",

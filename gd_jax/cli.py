@@ -4,7 +4,8 @@ This module parses the command line and dispatches; what a run folder is, how it
 claimed, written and resumed lives in ``gd_jax.runs``.
 
 Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
-traceback); 3 the run diverged (the run folder keeps the last good epoch); 130 interrupted
+traceback); 3 the run diverged (the run folder keeps the last good epoch); 4 a process of a
+multi-process run lost a peer (``gd_jax.parallel``); 130 interrupted
 (Ctrl-C or SIGTERM; resume with ``--resume``). Any other failure is a bug and shows its
 traceback.
 """
@@ -38,7 +39,8 @@ RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
 # Settings added after runs were first written, with the value those older runs used.
 SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_schedule": None}
 # Options that only steer this invocation, never the run.
-INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite")
+INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite",
+                   "devices", "coordinator", "num_processes", "process_id")
 
 # Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
 COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
@@ -84,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     import gd_jax
     from gd_jax.costs import COSTS
     from gd_jax.data.mnist import SOURCES
+    from gd_jax.launch import add_launch_parser
     from gd_jax.network import ACTIVATIONS, INITS
+    from gd_jax.parallel import add_parallel_arguments
 
     parser = _Parser(prog="gd-jax", description="Train feed-forward networks by gradient descent in JAX.")
     parser.add_argument("--version", action="version", version=f"gd-jax {gd_jax.__version__}")
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in DIR from its last checkpoint, with its saved settings")
     train.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
     common_options(train)
+    add_parallel_arguments(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained network",
                                    description="Cost and accuracy of a run's params.npz on a dataset's test split; "
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "sweep folder; every train option applies to all the models.")
     add_sweep_arguments(sweep)
     common_options(sweep)
-    parser.gd_jax_commands = (train, evaluate, sweep)
+    launch = add_launch_parser(commands)
+    parser.gd_jax_commands = (train, evaluate, sweep, launch)
     return parser
 
 
@@ -314,6 +320,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     from gd_jax.checkpoint import load_checkpoint
     from gd_jax.costs import COSTS, with_l2
     from gd_jax.data import check_dataset
+    from gd_jax.parallel import check_batch_size, is_writer
     from gd_jax.train import check_fit_arguments
 
     saved: dict[str, Any] = {}
@@ -335,7 +342,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     # checkpoints hold that state.
     stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
     cost = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])
-    if args.resume is None:
+    if args.resume is None and is_writer():  # in a multi-process run, process 0 alone writes the run folder
         runs.check_out(out, overwrite=args.overwrite)
     init_key, shuffle_key = jax.random.split(key)
     with bad_input():
@@ -351,6 +358,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
                          f"{settings['batch_size']}; 1 is stochastic, {train.size} full-batch gradient descent, the "
                          "textbook uses 10")
     with bad_input():
+        if args.mesh is not None:
+            check_batch_size(settings["batch_size"], args.mesh.size)
         check_fit_arguments(params, train, eval_data=eval_data, epochs=settings["epochs"],
                             batch_size=settings["batch_size"], target_cost=settings["target_cost"],
                             max_growth=settings["max_growth"], patience=settings["patience"],
@@ -395,8 +404,15 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
 
 
 def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
+    from gd_jax.parallel import PeerLostError, exit_peer_lost, is_writer
+
     # Everything is validated before the run folder is touched, so a mistake writes nothing.
     out, plan = _prepare(args, given, command)
+    if not is_writer():
+        try:
+            return _follow(plan, args.mesh)
+        except PeerLostError as e:  # another process died or hung: one line, and out at once
+            exit_peer_lost(e, resume=out)
     if args.resume is not None:
         folder = runs.open_run_folder(out)
         folder.write_json(runs.CONFIG, plan.config)
@@ -407,6 +423,8 @@ def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int
     with folder:
         try:
             return _run(args, plan, folder)
+        except PeerLostError as e:
+            exit_peer_lost(e, resume=folder.path)
         except KeyboardInterrupt:
             if args.debug:
                 traceback.print_exc()
@@ -477,12 +495,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         folder.write_json(runs.CONFIG, config)
 
     try:
-        params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"],
-                                 batch_size=s["batch_size"], optimizer=plan.optimizer, cost=plan.cost,
-                                 key=plan.key, activation=s["activation"], target_cost=s["target_cost"],
-                                 max_growth=s["max_growth"], patience=s["patience"], eta_halving=s["eta_schedule"],
-                                 opt_state=plan.opt_state,
-                                 history=history, best_params=plan.best_params, on_epoch_end=on_epoch_end)
+        params, history = _fit(plan, on_epoch_end=on_epoch_end, mesh=args.mesh)
     except DivergenceError as e:
         progress.close()
         if args.debug:
@@ -534,6 +547,30 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     return 0
 
 
+def _fit(plan: _Plan, *, on_epoch_end: Any, mesh: Any) -> tuple[Any, Any]:
+    import gd_jax as gd
+
+    s = plan.settings
+    return gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"], batch_size=s["batch_size"],
+                  optimizer=plan.optimizer, cost=plan.cost, key=plan.key, activation=s["activation"],
+                  target_cost=s["target_cost"], max_growth=s["max_growth"], patience=s["patience"],
+                  eta_halving=s["eta_schedule"], opt_state=plan.opt_state, history=plan.history,
+                  best_params=plan.best_params, on_epoch_end=on_epoch_end, mesh=mesh)
+
+
+def _follow(plan: _Plan, mesh: Any) -> int:
+    """Processes 1.. of a multi-process run: train in step with process 0, which writes everything."""
+    from gd_jax.train import DivergenceError
+
+    try:
+        _fit(plan, on_epoch_end=None, mesh=mesh)
+    except DivergenceError:
+        return EXIT_DIVERGED  # process 0 reports it
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # so does it
+    return 0
+
+
 # --- evaluate -----------------------------------------------------------------------------------------------------
 
 
@@ -571,6 +608,21 @@ def _evaluate(args: argparse.Namespace, given: set[str], command: list[str]) -> 
     return 0
 
 
+def _start_parallel(args: argparse.Namespace) -> Any:
+    """``--devices`` and the multi-process flags, acted on before JAX starts; the mesh or None."""
+    from gd_jax.parallel import PeerLostError, exit_peer_lost, start_parallel
+
+    if args.device and (args.devices is not None or args.coordinator is not None):
+        import jax
+
+        jax.config.update("jax_platforms", _PLATFORMS[args.device])  # the mesh is made of --device's devices
+    try:
+        with bad_input():
+            return start_parallel(args)
+    except PeerLostError as e:
+        exit_peer_lost(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -581,7 +633,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version print and exit; parse errors raise UsageError
             return int(e.code or 0)
         args.debug = debug
+        if args.command == "launch":
+            from gd_jax.launch import run_launch
+
+            with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
+                return run_launch(args)
         _use_compile_cache(compile_cache_folder(args.no_compile_cache))
+        args.mesh = _start_parallel(args) if args.command == "train" else None
         import jax
 
         platforms = jax.config.jax_platforms

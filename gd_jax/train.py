@@ -409,6 +409,7 @@ def fit(
     history: History | None = None,
     best_params: PyTree | None = None,
     on_epoch_end: Callable[[EpochEnd], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[PyTree, History]:
     """Trains ``params`` on ``train`` by mini-batch gradient descent.
 
@@ -452,6 +453,9 @@ def fit(
         (``EpochEnd.best_params`` of the run so far).
       on_epoch_end: called with an ``EpochEnd`` after each finite epoch (checkpoints,
         progress bars).
+      mesh: train data-parallel on this device mesh (``gd.data_mesh()``): each mini-batch
+        split over its ``"data"`` axis, ``batch_size`` a multiple of its size; across
+        processes after ``gd.initialize_distributed``. See ``gd_jax.parallel``. Default: one device.
 
     Returns:
       ``(params, history)``.
@@ -490,6 +494,7 @@ def fit(
     if len(history) >= epochs:
         return (best if patience is not None and best is not None else state.params), history
 
+    host = train
     train = Dataset(jnp.asarray(train.x), jnp.asarray(train.y))  # moved to the device once
     eval_x, eval_y = (None, None) if eval_data is None else (jnp.asarray(eval_data.x), jnp.asarray(eval_data.y))
     n = train.size
@@ -497,8 +502,15 @@ def fit(
     first = len(history)
     start = time.perf_counter()
     order0 = shuffled_order(jax.random.fold_in(key, first), n)
-    epoch_fn = _compiled(_epoch_cached, _epoch_impl, (state, train.x, train.y, order0),
-                         {"cost": cost, "optimizer": optimizer, "batch_size": batch_size, "n_classes": n_classes})
+    if mesh is None:
+        epoch_fn = _compiled(_epoch_cached, _epoch_impl, (state, train.x, train.y, order0),
+                             {"cost": cost, "optimizer": optimizer, "batch_size": batch_size, "n_classes": n_classes})
+    else:  # the same epoch, data-parallel: run(state, order) -> (state, finite)
+        from gd_jax.parallel import data_parallel_epoch
+
+        run = data_parallel_epoch(mesh, host.x, host.y, state, order0, cost=cost, optimizer=optimizer,
+                                  batch_size=batch_size, n_classes=n_classes)
+        epoch_fn = lambda state, x, y, order: run(state, order)  # noqa: E731
     end_fn = _compiled(_epoch_end_cached, _epoch_end, (state.params, state.params, train.x, train.y, eval_x, eval_y),
                        {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes})
     history.compile_seconds = time.perf_counter() - start
