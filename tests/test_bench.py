@@ -43,6 +43,33 @@ def test_flop_count_matches_xla_cost_analysis(sizes, batch):
     assert bench.mlp_flops_per_example([784, 30, 10]) == 95_880  # 4 (23520 + 300) + 2 (300)
 
 
+HLO = """HloModule m
+
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  %v = f32[4]{0} get-tuple-element(%p), index=1
+  %c = f32[4]{0} copy(%v)
+  %f = f32[4]{0} fusion(%c), kind=kLoop, calls=%g
+  %b = f32[2,2]{1,0} bitcast(%f)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%next, %f)
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %w = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_step_kernels_counts_the_loop_body_s_launches():
+    profile = bench.step_kernels(HLO)
+    assert profile["count"] == 3 and profile["by_opcode"] == {"add": 1, "copy": 1, "fusion": 1}
+    assert profile["kernels"] == ["next", "c", "f"]
+
+
 def test_timing_summary_matches_numpy():
     t = bench.Timing([0.30, 0.10, 0.20, 0.25, 0.40])
     assert t.median == pytest.approx(np.median(t.seconds))
@@ -92,6 +119,11 @@ def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(
     assert table["variants"]["gd_jax"]["check"]["error"] == 0.0  # the reference itself
     assert table["variants"]["optax"]["check"]["error"] < 1e-6  # optax.sgd: the same floats
     assert table["variants"]["gd_jax"]["compile_seconds"] > 0
+    # The profile: the floor's step is the row gather and the five products of a [784, 30, 10] step; gd_jax's
+    # adds the activations, the error terms, the updates and its bookkeeping, never fewer kernels.
+    floor, ours = (table["variants"][v]["kernels_per_step"] for v in ("matmul_floor", "gd_jax"))
+    assert 6 <= floor["count"] < ours["count"]
+    assert "kernels_per_step" not in table["variants"]["vectorized_numpy"]
     assert "extrapolated from 2 of 19" in table["variants"]["textbook_numpy"]["note"]
 
 
