@@ -143,14 +143,14 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(small_train, act
 
 
 @pytest.mark.slow
-def test_textbook_run_on_the_sample_reaches_the_known_accuracy(mnist_sample):
-    """[784, 30, 10], quadratic cost, eta 3, batch 10, 30 epochs: 0.8977 measured with seed 2."""
+def test_textbook_run_on_the_sample_reaches_the_known_accuracy(mnist_sample, check_recorded_accuracy):
+    """[784, 30, 10], quadratic cost, eta 3, batch 10, 30 epochs, seed 2: the CLI's default run."""
     train, test = mnist_sample
     init_key, shuffle_key = jax.random.split(jax.random.key(2))
     params = gd.init_mlp(init_key, [784, 30, 10])
     params, history = gd.fit(params, train, eval_data=test, epochs=30, batch_size=10, optimizer=gd.sgd(3.0),
                              cost=gd.quadratic_cost, key=shuffle_key)
-    assert history["eval_accuracy"][-1] >= 0.88
+    check_recorded_accuracy(history["eval_accuracy"][-1], "gd-jax train")
     assert history["train_cost"][-1] < history["train_cost"][0]
 
 
