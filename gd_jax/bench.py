@@ -6,7 +6,8 @@ each *variant*:
 
 ==================== ======================================================================
 ``gd_jax``           ``jax.jit(gd.make_epoch(...))``: exactly the epoch ``fit`` runs
-``gd_jax_sweep16``   16 models as one program (``vmap`` of the epoch), one shared batch order
+``gd_jax_sweep16``   16 models as one program (``gd.make_sweep_epoch``, as ``gd.sweep`` runs it),
+                     one shared batch order
 ``gd_jax_sweep16_own`` the same, each model with its own batch order
 ``optax``            the same scan with ``optax.sgd`` in place of ``gd.sgd``
 ``naive_jax``        a jitted step called from Python once per mini-batch (no scan)
@@ -85,7 +86,9 @@ from gd_jax.data import Dataset, load_mnist
 from gd_jax.gradients import batch_grad, per_example_grads
 from gd_jax.network import init_mlp
 from gd_jax.optim import apply_updates, sgd
+from gd_jax.runs import BadInput, bad_input
 from gd_jax.serialization import atomic_write_bytes
+from gd_jax.sweep import make_sweep_epoch, model_axes
 from gd_jax.train import EpochEnd, TrainState, fit, make_epoch, shuffled_order
 
 __all__ = [
@@ -429,15 +432,20 @@ def _stacked(trees: list) -> Any:
 
 
 def _build_sweep(p: _Problem, *, own_orders: bool) -> _Runner:
-    """16 models in one program: ``vmap`` of ``make_epoch`` over stacked states (model 0 starts as gd_jax)."""
+    """16 models as one program: ``gd.make_sweep_epoch`` in the layout ``gd.sweep`` uses (model 0 starts as gd_jax)."""
+    mode = "per_model" if own_orders else "shared"
     opt = sgd(p.config.learning_rate)
-    epoch = make_epoch(_jax_cost(p.config), opt, batch_size=p.batch_size, n_classes=p.n_classes)
+    cost = _jax_cost(p.config)
     keys = jax.random.split(jax.random.key(p.config.seed + 1), SWEEP_MODELS - 1)
     models = [jax.device_put(p.params, p.device)] + [init_mlp(k, list(p.config.sizes)) for k in keys]
-    params = jax.device_put(_stacked(models), p.device)
-    state = TrainState(params, jax.vmap(opt.init)(params))
+    param_axes, state_axes = model_axes(models[0], jax.eval_shape(opt.init, models[0]), shuffle=mode)
+    params = jax.device_put(jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, 0, axis), _stacked(models),
+                                         param_axes), p.device)
+    state = TrainState(params, jax.vmap(opt.init, in_axes=(param_axes,), out_axes=state_axes)(params))
+    hyper = {"learning_rate": jnp.full((SWEEP_MODELS,), p.config.learning_rate, jnp.float32)}
+    epoch = make_sweep_epoch(lambda h: cost, lambda h: sgd(h["learning_rate"]), batch_size=p.batch_size,
+                             n_classes=p.n_classes, shuffle=mode, param_axes=param_axes, state_axes=state_axes)
     x, y = jax.device_put(p.x, p.device), jax.device_put(p.y, p.device)
-    many = jax.vmap(epoch, in_axes=(0, None, None, 0 if own_orders else None))
 
     def orders_of(order: np.ndarray) -> np.ndarray:
         if not own_orders:
@@ -448,10 +456,13 @@ def _build_sweep(p: _Problem, *, own_orders: bool) -> _Runner:
                   for m in range(1, SWEEP_MODELS)]
         return np.stack([order, *others])
 
-    call, seconds = _compile(many, state, x, y, orders_of(p.orders[0]))
-    return _Runner(lambda order: jax.tree.map(lambda a: a[0], call(state, x, y, orders_of(order))[0].params),
+    def model_0(trained):
+        return jax.tree.map(lambda leaf, axis: jnp.take(leaf, 0, axis=axis), trained, param_axes)
+
+    call, seconds = _compile(epoch, state, hyper, x, y, orders_of(p.orders[0]))
+    return _Runner(lambda order: model_0(call(state, hyper, x, y, orders_of(order))[0].params),
                    seconds, models=SWEEP_MODELS, compiled=call.compiled,
-                   note="shared batch order" if not own_orders else "own batch order per model")
+                   note=f"gd.make_sweep_epoch, shuffle={mode!r}")
 
 
 def _build_naive_jax(p: _Problem) -> _Runner:
@@ -1255,21 +1266,28 @@ def _check_writable(path: str | None, what: str) -> None:
         raise ValueError(f"{what} folder {folder!r} is not writable; choose another path")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace, command_line: str | None = None) -> int:
     """``gd-jax bench``: runs the benchmark, prints the table, writes ``--json`` and the chart; returns 0.
 
-    Raises ``ValueError`` / ``FileNotFoundError`` for bad options before measuring anything
-    (the CLI prints them as one line and exits 2).
+    Raises:
+      BadInput: (a ``ValueError``) bad options, a missing backend, missing data or an
+        unwritable output, all found before anything is measured; the CLI prints it as one
+        line and exits 2. Errors while measuring are bugs and keep their tracebacks.
     """
-    config = config_from_args(args)
-    check_config(config)
-    chart = args.chart or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
-    _check_writable(args.json, "--json")
-    _check_writable(chart, "--chart")
-    if args.hlo_dir and not os.path.isdir(args.hlo_dir):
-        raise FileNotFoundError(f"--hlo-dir {args.hlo_dir!r} is not a folder; create it first")
+    with bad_input():
+        config = config_from_args(args)
+        check_config(config)
+        chart = args.chart or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
+        _check_writable(args.json, "--json")
+        _check_writable(chart, "--chart")
+        if args.hlo_dir and not os.path.isdir(args.hlo_dir):
+            raise FileNotFoundError(f"--hlo-dir {args.hlo_dir!r} is not a folder; create it first")
+        _device(config.device)
+        _epoch_data(config)  # the data loads and fits the network (loaded again, cached, by run)
+        if config.time_to_accuracy:
+            _load(config, validation=True)
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
-    result["command"] = " ".join(sys.argv)
+    result["command"] = command_line or " ".join(sys.argv)
     print(format_table(result), end="")
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
@@ -1289,8 +1307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_bench(args)
-    except (ValueError, OSError) as e:
+        return run_bench(args, "python -m gd_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    except BadInput as e:
         print(f"gd-jax bench: error: {e}", file=sys.stderr)
         return 2
 

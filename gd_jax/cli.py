@@ -155,7 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
     evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
     common_options(evaluate)
-    parser.gd_jax_commands = (train, evaluate)
+    from gd_jax.bench import add_bench_arguments
+
+    bench = commands.add_parser("bench", help="how fast gradient descent runs here, against baselines",
+                                description="Seconds per epoch of gd_jax and its peers, checked to compute the same "
+                                            "epoch, against the machine's peak; time to accuracy; per-example "
+                                            "gradients. See the README's Benchmarks section.")
+    add_bench_arguments(bench)
+    bench.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    parser.gd_jax_commands = (train, evaluate, bench)
     return parser
 
 
@@ -562,6 +570,12 @@ def _evaluate(args: argparse.Namespace, given: set[str], command: list[str]) -> 
     return 0
 
 
+def _bench(args: argparse.Namespace, given: set[str], command_line: list[str]) -> int:
+    from gd_jax.bench import run_bench
+
+    return run_bench(args, " ".join(command_line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -580,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = _select_device(args.device)
             # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
             with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
-                command = {"train": _train, "evaluate": _evaluate}[args.command]
+                command = {"train": _train, "evaluate": _evaluate, "bench": _bench}[args.command]
                 return command(args, _given_options(argv), ["gd-jax", *argv])
         finally:
             jax.config.update("jax_platforms", platforms)
