@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax import bench
+from gd_jax import bench, cli
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -249,8 +249,10 @@ def _has_backend(name: str) -> bool:
     (["--variants", "gd_jax,numpyy"], "unknown variants ['numpyy']"),
     (["--json", "/no/such/folder/r.json"], "--json folder '/no/such/folder' does not exist"),
 ])
-def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, capsys):
-    assert bench.main(argv) == 2
+@pytest.mark.parametrize("entry", ["gd-jax bench", "python -m gd_jax.bench"])
+def test_the_command_prints_one_line_and_exits_2_on_bad_options(entry, argv, message, capsys):
+    status = cli.main(["bench", *argv]) if entry == "gd-jax bench" else bench.main(argv)
+    assert status == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and message in captured.err and captured.out == ""
 
@@ -259,7 +261,7 @@ def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, c
 def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
     """``gd-jax bench --quick`` as CI runs it: every variant present, checked, and written."""
     out = tmp_path / "quick.json"
-    assert bench.main(["--quick", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "batch size 10:" in printed and "batch size 128:" in printed and "targets:" in printed
     r = json.loads(out.read_text())
