@@ -17,6 +17,7 @@ import pytest
 
 import gd_jax as gd
 from gd_jax import bench, cli
+from gd_jax.runs import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -230,7 +231,7 @@ def test_a_missing_backend_and_unwritable_outputs_are_refused_before_measuring(t
     if missing:
         with pytest.raises(ValueError, match=f"--device {missing}: JAX has no {missing} backend here"):
             bench.run(dataclasses.replace(TINY, device=missing))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(BadInput, match=r"--json folder .* does not exist; create it or choose another path"):
         bench.run_bench(_parse(["--json", str(tmp_path / "no" / "such" / "r.json")]))
     with pytest.raises(ValueError, match="the data has 784 features but the network's input layer has 100"):
         bench.run(dataclasses.replace(TINY, sizes=(100, 10)))
