@@ -6,7 +6,8 @@ each *variant*:
 
 ==================== ======================================================================
 ``gd_jax``           ``jax.jit(gd.make_epoch(...))``: exactly the epoch ``fit`` runs
-``gd_jax_sweep16``   16 models as one program (``vmap`` of the epoch), one shared batch order
+``gd_jax_sweep16``   16 models as one program (``gd.make_sweep_epoch``, as ``gd.sweep`` runs it),
+                     one shared batch order
 ``gd_jax_sweep16_own`` the same, each model with its own batch order
 ``optax``            the same scan with ``optax.sgd`` in place of ``gd.sgd``
 ``naive_jax``        a jitted step called from Python once per mini-batch (no scan)
@@ -58,6 +59,7 @@ From Python::
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import io
@@ -66,6 +68,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -83,7 +86,9 @@ from gd_jax.data import Dataset, load_mnist
 from gd_jax.gradients import batch_grad, per_example_grads
 from gd_jax.network import init_mlp
 from gd_jax.optim import apply_updates, sgd
+from gd_jax.runs import BadInput, bad_input
 from gd_jax.serialization import atomic_write_bytes
+from gd_jax.sweep import make_sweep_epoch, model_axes
 from gd_jax.train import EpochEnd, TrainState, fit, make_epoch, shuffled_order
 
 __all__ = [
@@ -99,6 +104,7 @@ __all__ = [
     "plot_results",
     "run",
     "run_bench",
+    "step_kernels",
 ]
 
 SCHEMA_VERSION = 1
@@ -142,6 +148,7 @@ class BenchConfig:
         shared 2-core machine their thread pools made these small products slower and erratic
         (spinning threads competing with other processes), which timed the threading, not the
         algorithm. XLA's own threads are left as they are (``XLA_FLAGS``, recorded).
+      hlo_dir: a folder to write each JAX variant's optimised HLO to (``bs<B>-<variant>.hlo.txt``).
       quick: the reduced run (recorded in the JSON).
     """
 
@@ -167,10 +174,11 @@ class BenchConfig:
     per_example_batch: int = 128
     seed: int = 0
     baseline_threads: int | None = 1
+    hlo_dir: str | None = None
     quick: bool = False
 
 
-QUICK = {"batch_sizes": (10, 128), "rows": 12_000, "repeats": 3, "check_steps": 5, "textbook_batches": 20,
+QUICK = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5, "textbook_batches": 20,
          "peak_size": 1024, "max_epochs": 3, "target_accuracy": 0.8, "per_example_batch": 32}
 """What ``--quick`` changes: a run of well under a minute that still exercises every part."""
 
@@ -368,6 +376,7 @@ class _Runner(NamedTuple):
     compile_seconds: float | None = None
     models: int = 1
     timed_epoch: Callable[[np.ndarray], Any] | None = None  # textbook_numpy: a part of the epoch, extrapolated
+    compiled: Any = None  # JAX variants: the compiled epoch, for its optimised HLO
     steps_timed: int | None = None  # the mini-batches timed_epoch runs
     checked: bool = True
     note: str = ""
@@ -396,6 +405,7 @@ def _compile(fn: Callable, *args) -> tuple[Callable, float]:
     def call(*a):
         return compiled(*a) if [np.shape(v) for v in jax.tree.leaves(a)] == shape else jitted(*a)
 
+    call.compiled = compiled  # type: ignore[attr-defined]  # its optimised HLO, for the profile
     return call, seconds
 
 
@@ -406,7 +416,7 @@ def _build_gd_jax(p: _Problem, optimizer=None) -> _Runner:
     params = jax.device_put(p.params, p.device)
     state = TrainState(params, opt.init(params))
     call, seconds = _compile(epoch, state, x, y, p.orders[0])
-    return _Runner(lambda order: call(state, x, y, order)[0].params, seconds)
+    return _Runner(lambda order: call(state, x, y, order)[0].params, seconds, compiled=call.compiled)
 
 
 def _build_optax(p: _Problem) -> _Runner:
@@ -422,15 +432,20 @@ def _stacked(trees: list) -> Any:
 
 
 def _build_sweep(p: _Problem, *, own_orders: bool) -> _Runner:
-    """16 models in one program: ``vmap`` of ``make_epoch`` over stacked states (model 0 starts as gd_jax)."""
+    """16 models as one program: ``gd.make_sweep_epoch`` in the layout ``gd.sweep`` uses (model 0 starts as gd_jax)."""
+    mode = "per_model" if own_orders else "shared"
     opt = sgd(p.config.learning_rate)
-    epoch = make_epoch(_jax_cost(p.config), opt, batch_size=p.batch_size, n_classes=p.n_classes)
+    cost = _jax_cost(p.config)
     keys = jax.random.split(jax.random.key(p.config.seed + 1), SWEEP_MODELS - 1)
     models = [jax.device_put(p.params, p.device)] + [init_mlp(k, list(p.config.sizes)) for k in keys]
-    params = jax.device_put(_stacked(models), p.device)
-    state = TrainState(params, jax.vmap(opt.init)(params))
+    param_axes, state_axes = model_axes(models[0], jax.eval_shape(opt.init, models[0]), shuffle=mode)
+    params = jax.device_put(jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, 0, axis), _stacked(models),
+                                         param_axes), p.device)
+    state = TrainState(params, jax.vmap(opt.init, in_axes=(param_axes,), out_axes=state_axes)(params))
+    hyper = {"learning_rate": jnp.full((SWEEP_MODELS,), p.config.learning_rate, jnp.float32)}
+    epoch = make_sweep_epoch(lambda h: cost, lambda h: sgd(h["learning_rate"]), batch_size=p.batch_size,
+                             n_classes=p.n_classes, shuffle=mode, param_axes=param_axes, state_axes=state_axes)
     x, y = jax.device_put(p.x, p.device), jax.device_put(p.y, p.device)
-    many = jax.vmap(epoch, in_axes=(0, None, None, 0 if own_orders else None))
 
     def orders_of(order: np.ndarray) -> np.ndarray:
         if not own_orders:
@@ -441,10 +456,13 @@ def _build_sweep(p: _Problem, *, own_orders: bool) -> _Runner:
                   for m in range(1, SWEEP_MODELS)]
         return np.stack([order, *others])
 
-    call, seconds = _compile(many, state, x, y, orders_of(p.orders[0]))
-    return _Runner(lambda order: jax.tree.map(lambda a: a[0], call(state, x, y, orders_of(order))[0].params),
-                   seconds, models=SWEEP_MODELS,
-                   note="shared batch order" if not own_orders else "own batch order per model")
+    def model_0(trained):
+        return jax.tree.map(lambda leaf, axis: jnp.take(leaf, 0, axis=axis), trained, param_axes)
+
+    call, seconds = _compile(epoch, state, hyper, x, y, orders_of(p.orders[0]))
+    return _Runner(lambda order: model_0(call(state, hyper, x, y, orders_of(order))[0].params),
+                   seconds, models=SWEEP_MODELS, compiled=call.compiled,
+                   note=f"gd.make_sweep_epoch, shuffle={mode!r}")
 
 
 def _build_naive_jax(p: _Problem) -> _Runner:
@@ -472,7 +490,7 @@ def _build_naive_jax(p: _Problem) -> _Runner:
             finite.append(ok)  # kept on the device: reading each flag would block every step
         return state.params
 
-    return _Runner(epoch, seconds)
+    return _Runner(epoch, seconds, compiled=call.compiled)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -619,7 +637,7 @@ def _build_matmul_floor(p: _Problem) -> _Runner:
         return jax.lax.scan(step, ws, order[: full * bs].reshape(full, bs))[0]
 
     call, seconds = _compile(floor, weights, x, p.orders[0])
-    return _Runner(lambda order: call(weights, x, order), seconds, checked=False,
+    return _Runner(lambda order: call(weights, x, order), seconds, checked=False, compiled=call.compiled,
                    note="not the algorithm: its matrix products alone")
 
 
@@ -634,6 +652,35 @@ _BUILDERS: dict[str, Callable[[_Problem], _Runner]] = {
     "torch": _build_torch,
     "matmul_floor": _build_matmul_floor,
 }
+
+
+# Instructions that launch no kernel: they name, split or join buffers.
+_NO_KERNEL = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
+
+
+def step_kernels(hlo_text: str) -> dict[str, Any] | None:
+    """The kernels of one training step: the instructions of the compiled scan's loop body.
+
+    Reads optimised HLO text (``jax.jit(f).lower(...).compile().as_text()``) and counts the
+    body's instructions that run code (fusions, dots, copies, ...), by opcode; for a program
+    without a loop (one step a dispatch), the entry computation's. On the CPU each is one
+    kernel launch per step, the cost that dominates small mini-batches.
+    """
+    bodies = re.findall(r"body=%([\w.\-]+)", hlo_text)
+    computations = []
+    for name in bodies or [None]:
+        if name is None:
+            match = re.search(r"^ENTRY .*?\n}\n", hlo_text, re.S | re.M)
+        else:
+            match = re.search(r"^%" + re.escape(name) + r" .*?\n}\n", hlo_text, re.S | re.M)
+        if match:
+            ops = re.findall(r"^\s+(?:ROOT )?%([\w.\-]+) = .*? ([\w\-]+)\(", match.group(0), re.M)
+            computations.append([(n, op) for n, op in ops if op not in _NO_KERNEL])
+    if not computations:
+        return None
+    kernels = max(computations, key=len)
+    return {"count": len(kernels), "by_opcode": dict(collections.Counter(op for _, op in kernels)),
+            "kernels": [n for n, _ in kernels]}
 
 
 def _relative_error(params, reference, initial) -> float:
@@ -677,6 +724,11 @@ def _bench_batch_size(config: BenchConfig, batch_size: int, x: np.ndarray, y: np
             continue
         record["compile_seconds"] = runner.compile_seconds
         record["note"] = runner.note
+        if runner.compiled is not None:
+            hlo = runner.compiled.as_text()
+            record["kernels_per_step"] = step_kernels(hlo)
+            if config.hlo_dir:
+                atomic_write_bytes(os.path.join(config.hlo_dir, f"bs{batch_size}-{name}.hlo.txt"), hlo.encode())
         if checker is not None:
             trained = _to_numpy(checker.epoch(check_problem.orders[0]))
             if name == BASELINE:
@@ -1034,7 +1086,8 @@ def format_table(result: dict[str, Any]) -> str:
               f"{c['repeats']} epochs [min-max]; gd_jax x: how many times faster gd_jax is, per model "
               f"(load {table['load_average'][0]:.2f})", file=out)
         print(f"  {'variant':<19s} {'s/epoch':>9s} {'[min-max]':>17s} {'per model':>9s} {'gd_jax x':>8s} "
-              f"{'compile s':>9s} {'examples/s':>11s} {'GFLOP/s':>8s} {'of peak':>7s} {'RSS MB':>7s}  check", file=out)
+              f"{'compile s':>9s} {'examples/s':>11s} {'GFLOP/s':>8s} {'of peak':>7s} {'RSS MB':>7s} "
+              f"{'kernels':>7s}  check", file=out)
         for name, r in table["variants"].items():
             if r["status"] == "skipped":
                 print(f"  {name:<19s} skipped: {r['reason']}", file=out)
@@ -1044,10 +1097,12 @@ def format_table(result: dict[str, Any]) -> str:
             times = r["gd_jax_speedup"]
             rss = r["peak_rss_bytes"] / 2**20 if r.get("peak_rss_bytes") else None
             spread = f"[{r['min']:.4f}-{r['max']:.4f}]"
+            kernels = str(r["kernels_per_step"]["count"]) if r.get("kernels_per_step") else "-"
             print(f"  {name:<19s} {r['median']:9.4f} {spread:>17s} {r['seconds_per_model']:9.4f}"
                   f" {_fmt(times, '8.2f'):>8s} {_fmt(r['compile_seconds'], '9.2f'):>9s}"
                   f" {r['examples_per_second']:11.3g} {r['gflops']:8.2f} {_fmt(r['fraction_of_peak'], '7.1%'):>7s}"
-                  f" {_fmt(rss, '7.0f'):>7s}  {check_text}{'  ' + r['note'] if r.get('note') else ''}", file=out)
+                  f" {_fmt(rss, '7.0f'):>7s} {kernels:>7s}  {check_text}{'  ' + r['note'] if r.get('note') else ''}",
+                  file=out)
     perm = result["permutation"]
     print(f"\nbatch order of {perm['rows']:,} rows: jax.random.permutation on the device "
           f"{perm['device_permutation']['median'] * 1e3:.2f} ms, gd.shuffled_order + transfer "
@@ -1079,8 +1134,8 @@ def format_table(result: dict[str, Any]) -> str:
         for t in result["targets"]:
             print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3g} "
                   f"(of the minimums {_fmt(t['value_of_mins'], '.3g')}; goal {t['goal']:g})", file=out)
-    print(f"load average {result['load_average_end'][0]:.2f} at the end; {result['wall_seconds']:.0f} s in all",
-          file=out)
+    print(f"load average {result['load_average_end'][0]:.2f} at the end; {result['wall_seconds']:.0f} s in all, "
+          f"{result['process_cpu_seconds']:.0f} s of this process's CPU time", file=out)
     return out.getvalue()
 
 
@@ -1184,6 +1239,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-threads", type=int, default=d.baseline_threads,
                         help="threads of numpy's BLAS and PyTorch in their variants (default 1; 0: their defaults)")
     parser.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    parser.add_argument("--hlo-dir", metavar="DIR", help="write each JAX variant's optimised HLO into DIR")
     parser.add_argument("--chart", metavar="PATH", help="bar chart PNG (default: the --json path with .png)")
 
 
@@ -1192,7 +1248,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     base = dataclasses.replace(BenchConfig(), **QUICK, quick=True) if args.quick else BenchConfig()
     given = {"sizes": args.sizes, "batch_sizes": args.batch_sizes, "rows": args.rows, "repeats": args.repeats,
              "variants": args.variants, "max_epochs": args.max_epochs, "target_accuracy": args.target_accuracy,
-             "data_dir": args.data_dir, "idx_dir": args.idx_dir, "device": args.device}
+             "data_dir": args.data_dir, "idx_dir": args.idx_dir, "device": args.device, "hlo_dir": args.hlo_dir}
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(base, cost=args.cost, learning_rate=args.learning_rate, warmup=args.warmup,
                                dataset=args.dataset, seed=args.seed, time_to_accuracy=not args.no_time_to_accuracy,
@@ -1210,19 +1266,28 @@ def _check_writable(path: str | None, what: str) -> None:
         raise ValueError(f"{what} folder {folder!r} is not writable; choose another path")
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace, command_line: str | None = None) -> int:
     """``gd-jax bench``: runs the benchmark, prints the table, writes ``--json`` and the chart; returns 0.
 
-    Raises ``ValueError`` / ``FileNotFoundError`` for bad options before measuring anything
-    (the CLI prints them as one line and exits 2).
+    Raises:
+      BadInput: (a ``ValueError``) bad options, a missing backend, missing data or an
+        unwritable output, all found before anything is measured; the CLI prints it as one
+        line and exits 2. Errors while measuring are bugs and keep their tracebacks.
     """
-    config = config_from_args(args)
-    check_config(config)
-    chart = args.chart or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
-    _check_writable(args.json, "--json")
-    _check_writable(chart, "--chart")
+    with bad_input():
+        config = config_from_args(args)
+        check_config(config)
+        chart = args.chart or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
+        _check_writable(args.json, "--json")
+        _check_writable(chart, "--chart")
+        if args.hlo_dir and not os.path.isdir(args.hlo_dir):
+            raise FileNotFoundError(f"--hlo-dir {args.hlo_dir!r} is not a folder; create it first")
+        _device(config.device)
+        _epoch_data(config)  # the data loads and fits the network (loaded again, cached, by run)
+        if config.time_to_accuracy:
+            _load(config, validation=True)
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
-    result["command"] = " ".join(sys.argv)
+    result["command"] = command_line or " ".join(sys.argv)
     print(format_table(result), end="")
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
@@ -1242,8 +1307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_bench(args)
-    except (ValueError, OSError) as e:
+        return run_bench(args, "python -m gd_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    except BadInput as e:
         print(f"gd-jax bench: error: {e}", file=sys.stderr)
         return 2
 

@@ -170,7 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sweep)
     common_options(sweep)
     launch = add_launch_parser(commands)
-    parser.gd_jax_commands = (train, evaluate, sweep, launch)
+
+    from gd_jax.bench import add_bench_arguments
+
+    bench = commands.add_parser("bench", help="how fast gradient descent runs here, against baselines",
+                                description="Seconds per epoch of gd_jax and its peers, checked to compute the same "
+                                            "epoch, against the machine's peak; time to accuracy; per-example "
+                                            "gradients. See the README's Benchmarks section.")
+    add_bench_arguments(bench)
+    bench.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    parser.gd_jax_commands = (train, evaluate, sweep, launch, bench)
     return parser
 
 
@@ -621,6 +630,10 @@ def _start_parallel(args: argparse.Namespace) -> Any:
             return start_parallel(args)
     except PeerLostError as e:
         exit_peer_lost(e)
+def _bench(args: argparse.Namespace, given: set[str], command_line: list[str]) -> int:
+    from gd_jax.bench import run_bench
+
+    return run_bench(args, " ".join(command_line))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -649,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
                 from gd_jax.sweep_cli import run_sweep
 
-                command = {"train": _train, "evaluate": _evaluate, "sweep": run_sweep}[args.command]
+                command = {"train": _train, "evaluate": _evaluate, "sweep": run_sweep, "bench": _bench}[args.command]
                 return command(args, _given_options(argv), ["gd-jax", *argv])
         finally:
             jax.config.update("jax_platforms", platforms)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax import bench
+from gd_jax import bench, cli
+from gd_jax.runs import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -41,6 +42,33 @@ def test_flop_count_matches_xla_cost_analysis(sizes, batch):
     ours = bench.mlp_flops_per_example(sizes) * batch
     assert 0.97 * xla_flops <= ours <= xla_flops
     assert bench.mlp_flops_per_example([784, 30, 10]) == 95_880  # 4 (23520 + 300) + 2 (300)
+
+
+HLO = """HloModule m
+
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  %v = f32[4]{0} get-tuple-element(%p), index=1
+  %c = f32[4]{0} copy(%v)
+  %f = f32[4]{0} fusion(%c), kind=kLoop, calls=%g
+  %b = f32[2,2]{1,0} bitcast(%f)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%next, %f)
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %w = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_step_kernels_counts_the_loop_body_s_launches():
+    profile = bench.step_kernels(HLO)
+    assert profile["count"] == 3 and profile["by_opcode"] == {"add": 1, "copy": 1, "fusion": 1}
+    assert profile["kernels"] == ["next", "c", "f"]
 
 
 def test_timing_summary_matches_numpy():
@@ -92,6 +120,11 @@ def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(
     assert table["variants"]["gd_jax"]["check"]["error"] == 0.0  # the reference itself
     assert table["variants"]["optax"]["check"]["error"] < 1e-6  # optax.sgd: the same floats
     assert table["variants"]["gd_jax"]["compile_seconds"] > 0
+    # The profile: the floor's step is the row gather and the five products of a [784, 30, 10] step; gd_jax's
+    # adds the activations, the error terms, the updates and its bookkeeping, never fewer kernels.
+    floor, ours = (table["variants"][v]["kernels_per_step"] for v in ("matmul_floor", "gd_jax"))
+    assert 6 <= floor["count"] < ours["count"]
+    assert "kernels_per_step" not in table["variants"]["vectorized_numpy"]
     assert "extrapolated from 2 of 19" in table["variants"]["textbook_numpy"]["note"]
 
 
@@ -198,7 +231,7 @@ def test_a_missing_backend_and_unwritable_outputs_are_refused_before_measuring(t
     if missing:
         with pytest.raises(ValueError, match=f"--device {missing}: JAX has no {missing} backend here"):
             bench.run(dataclasses.replace(TINY, device=missing))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(BadInput, match=r"--json folder .* does not exist; create it or choose another path"):
         bench.run_bench(_parse(["--json", str(tmp_path / "no" / "such" / "r.json")]))
     with pytest.raises(ValueError, match="the data has 784 features but the network's input layer has 100"):
         bench.run(dataclasses.replace(TINY, sizes=(100, 10)))
@@ -217,8 +250,10 @@ def _has_backend(name: str) -> bool:
     (["--variants", "gd_jax,numpyy"], "unknown variants ['numpyy']"),
     (["--json", "/no/such/folder/r.json"], "--json folder '/no/such/folder' does not exist"),
 ])
-def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, capsys):
-    assert bench.main(argv) == 2
+@pytest.mark.parametrize("entry", ["gd-jax bench", "python -m gd_jax.bench"])
+def test_the_command_prints_one_line_and_exits_2_on_bad_options(entry, argv, message, capsys):
+    status = cli.main(["bench", *argv]) if entry == "gd-jax bench" else bench.main(argv)
+    assert status == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and message in captured.err and captured.out == ""
 
@@ -227,7 +262,7 @@ def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, c
 def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
     """``gd-jax bench --quick`` as CI runs it: every variant present, checked, and written."""
     out = tmp_path / "quick.json"
-    assert bench.main(["--quick", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "batch size 10:" in printed and "batch size 128:" in printed and "targets:" in printed
     r = json.loads(out.read_text())

@@ -34,12 +34,3 @@ def test_textbook_chapter1_reports_what_fit_computes(tmp_path):
     assert run["final_accuracy"] == pytest.approx(history["eval_accuracy"][-1], abs=1e-7)
     assert "| textbook |" in (out / "results.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.slow
-def test_epoch_speed_benchmark_runs_and_checks_its_variants_agree():
-    stdout = _run("experiments/benchmarks/epoch_speed.py", "--batch-sizes", "10", "--repeats", "1",
-                  "--vmap-repeats", "1", "--models", "2", "--numpy-batches", "2", "--numpy-per-example-batches", "1",
-                  "--rows", "500")
-    assert "ratio to a" in stdout
-    assert "b (given a's permutation) vs a 0.0e+00" in stdout
