@@ -16,6 +16,10 @@ from pathlib import Path
 import jax
 import pytest
 
+# The CLI's persistent compilation cache stays out of the tests (and the user's cache folder):
+# tests that exercise it set their own folder. Subprocesses inherit this.
+os.environ.setdefault("GD_JAX_COMPILE_CACHE", "off")
+
 import gd_jax as gd
 
 MATMUL_PRECISION = "highest"
