@@ -15,10 +15,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # A stand-in for python3: `-c` (the version check) succeeds, `-m venv DIR` makes DIR/bin/python a
-# copy of this stand-in, and every call is appended to $CI_LOG as one shell-quoted line.
+# copy of this stand-in, pytest fails in the venv named by $CI_FAIL_SUITE, and every call is appended
+# to $CI_LOG as one shell-quoted line.
 STAND_IN = """#!/usr/bin/env bash
 { printf '%q ' "$0" "$@"; echo; } >> "$CI_LOG"
 if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+if [ "$2" = "pytest" ] && [[ "$0" == *"/$CI_FAIL_SUITE/"* ]]; then exit 1; fi
 exit 0
 """
 
@@ -38,10 +40,16 @@ def ci_copy(tmp_path):
     return repo, stand_in, tmp_path / "ci.log"
 
 
-def _run(repo, stand_in, log):
-    env = {**os.environ, "PYTHON": str(stand_in), "CI_LOG": str(log)}
-    return subprocess.run(["bash", str(repo / ".ci" / "run")], env=env, capture_output=True, text=True,
+def _run(repo, stand_in, log, *sets, fail=""):
+    env = {**os.environ, "PYTHON": str(stand_in), "CI_LOG": str(log), "CI_FAIL_SUITE": fail or "none"}
+    return subprocess.run(["bash", str(repo / ".ci" / "run"), *sets], env=env, capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _suites_run(log):
+    """The names of the venvs whose pytest was called, in order."""
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    return [Path(call[0]).parents[1].name for call in calls if call[1:3] == ["-m", "pytest"]]
 
 
 def test_ci_keeps_the_developers_venv_and_uses_its_own_folder(ci_copy):
@@ -81,3 +89,23 @@ def test_ci_refuses_a_python_older_than_3_11(ci_copy, tmp_path):
     assert done.returncode == 2 and "older than 3.11; set PYTHON" in done.stderr
     assert not (repo / ".ci" / "venvs").exists() and (repo / ".venv" / "mine").exists()
 
+
+
+def test_a_failing_suite_fails_ci_but_the_other_set_still_runs(ci_copy):
+    repo, stand_in, log = ci_copy
+    done = _run(repo, stand_in, log, fail="tested")
+    assert done.returncode == 1
+    assert _suites_run(log) == ["tested", "floor"]
+
+
+@pytest.mark.parametrize(("sets", "ran"), [(["floor"], ["floor"]), (["tested"], ["tested"])])
+def test_one_version_set_can_be_run_alone(ci_copy, sets, ran):
+    repo, stand_in, log = ci_copy
+    assert _run(repo, stand_in, log, *sets).returncode == 0
+    assert _suites_run(log) == ran
+
+
+def test_an_unknown_version_set_is_refused(ci_copy):
+    repo, stand_in, log = ci_copy
+    done = _run(repo, stand_in, log, "newest")
+    assert done.returncode == 2 and "unknown version set 'newest'" in done.stderr

@@ -97,8 +97,11 @@ def test_readme_api_table_signatures_match_the_code(entry, shown):
         kind = params[name].kind
         assert (kind is inspect.Parameter.KEYWORD_ONLY) == keyword_only, (
             f"README shows `{entry}` but {name!r} is {kind.description} in the code")
-        if default:
+        if default:  # "..." stands for any default
             actual = params[name].default
+            if default == "...":
+                assert actual is not inspect.Parameter.empty, f"README shows `{entry}` but {name!r} has no default"
+                continue
             assert actual is not inspect.Parameter.empty and repr(actual) in (default, default.replace('"', "'")), (
                 f"README shows `{entry}` but {name!r} defaults to {actual!r}")
 
