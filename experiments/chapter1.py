@@ -394,7 +394,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 for the textbook configurations (default 10; "
                         "--quick: 2)")
@@ -405,9 +405,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations: "
                         + ", ".join(c.name for c in TEXTBOOK + EXTREMES + REMEDIES))
     args = common.parse(parser, argv, "chapter1")
-    args.seeds = args.seeds or (2 if args.quick else 10)
-    args.extreme_seeds = args.extreme_seeds or (1 if args.quick else 3)
-    args.epochs = args.epochs or (2 if args.quick else 30)
+    args.seeds = (2 if args.quick else 10) if args.seeds is None else args.seeds
+    args.extreme_seeds = (1 if args.quick else 3) if args.extreme_seeds is None else args.extreme_seeds
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
     names = {c.name for c in TEXTBOOK + EXTREMES + REMEDIES}
     for value, flag in ((args.seeds, "--seeds"), (args.extreme_seeds, "--extreme-seeds"), (args.epochs, "--epochs")):
         if value < 1:

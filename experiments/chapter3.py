@@ -246,13 +246,13 @@ def plot_pair(results: dict[str, Any], path: str, names: tuple[str, str], title:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--seeds", type=int, help="seeds per configuration (default 3; --quick: 1)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations: "
                         + ", ".join(c.name for c in CONFIGS))
     args = common.parse(parser, argv, "chapter3")
-    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.seeds = (1 if args.quick else 3) if args.seeds is None else args.seeds
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     names = [c.name for c in CONFIGS]

@@ -251,14 +251,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--epochs", type=int, help="epochs of the textbook run the slice is drawn around (default "
                         "30; --quick: 2)")
     parser.add_argument("--grid", type=int, help="points per side of the slice (default 41; --quick: 11)")
     args = common.parse(parser, argv, "landscape")
-    args.epochs = args.epochs or (2 if args.quick else 30)
-    args.grid = args.grid or (11 if args.quick else 41)
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
+    args.grid = (11 if args.quick else 41) if args.grid is None else args.grid
     if args.epochs < 1 or args.grid < 3:
         parser.error(f"--epochs must be >= 1 and --grid >= 3, got {args.epochs} and {args.grid}")
     return args

@@ -33,13 +33,13 @@ GOOD_WITHIN = 0.02  # two points of accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--seeds", type=int, help="seeds per learning rate (default 3; --quick: 1)")
     parser.add_argument("--epochs", type=int, help="epochs (default 30; --quick: 2)")
     args = common.parse(parser, argv, "learning_rate")
-    args.seeds = args.seeds or (1 if args.quick else 3)
-    args.epochs = args.epochs or (2 if args.quick else 30)
+    args.seeds = (1 if args.quick else 3) if args.seeds is None else args.seeds
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
     if args.seeds < 1 or args.epochs < 1:
         parser.error(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")
     return args

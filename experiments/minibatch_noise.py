@@ -98,13 +98,13 @@ def mini_batch_errors(params, stats: dict[str, Any], data: gd.Dataset, *, sample
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--epochs", type=int, help="training epochs (default 30; --quick: 2)")
     parser.add_argument("--samples", type=int, help="random mini-batches per batch size (default 200; --quick: 20)")
     args = common.parse(parser, argv, "minibatch_noise")
-    args.epochs = args.epochs or (2 if args.quick else 30)
-    args.samples = args.samples or (20 if args.quick else 200)
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
+    args.samples = (20 if args.quick else 200) if args.samples is None else args.samples
     if args.epochs < 1 or args.samples < 2:
         parser.error(f"--epochs must be >= 1 and --samples >= 2, got {args.epochs} and {args.samples}")
     return args
