@@ -15,6 +15,7 @@ Example::
     gd.accuracy(params, test)
 """
 
+from gd_jax.analysis import confusion_matrix, hidden_weight_images, misclassified, norms_recorder
 from gd_jax.backprop import backprop
 from gd_jax.checkpoint import (
     Checkpoint,
@@ -26,10 +27,24 @@ from gd_jax.checkpoint import (
 )
 from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_cost, quadratic_cost, with_l2
 from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
+from gd_jax.data.genuine import read_genuine_mnist
 from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
+from gd_jax.images import load_trained_network, predict_images, preprocess_digit
 from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import GradientTransformation, SgdState, apply_updates, sgd, sgd_update
+from gd_jax.optim import (
+    GradientTransformation,
+    ScaleState,
+    add_decayed_weights,
+    apply_updates,
+    chain,
+    scale_learning_rate,
+    sgd,
+    sgd_update,
+)
+from gd_jax.plotting import plot_history, write_run_figures
 from gd_jax.serialization import load_params, save_params
+from gd_jax.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, seed_keys, sweep
+from gd_jax.tensorboard import write_run_events
 from gd_jax.train import (
     DivergenceError,
     EpochEnd,
@@ -55,36 +70,57 @@ __all__ = [
     "EpochEnd",
     "GradientTransformation",
     "History",
-    "SgdState",
+    "ScaleState",
+    "SweepEpochEnd",
+    "SweepResult",
     "TrainState",
     "accuracy",
+    "add_decayed_weights",
     "apply_updates",
     "backprop",
     "batch_grad",
+    "chain",
     "checkpoint_callback",
+    "confusion_matrix",
     "cross_entropy_cost",
     "evaluate",
     "finite_difference_grad",
     "fit",
     "forward",
+    "grid_points",
+    "hidden_weight_images",
     "init_mlp",
     "l2_penalty",
     "latest_checkpoint",
     "load_checkpoint",
     "load_mnist",
     "load_params",
+    "load_trained_network",
     "log_likelihood_cost",
     "make_epoch",
+    "make_sweep_epoch",
+    "misclassified",
     "mlp_predict",
+    "model_axes",
+    "norms_recorder",
     "per_example_grads",
+    "plot_history",
     "predict",
+    "predict_images",
+    "preprocess_digit",
     "quadratic_cost",
+    "read_genuine_mnist",
     "read_idx",
     "save_checkpoint",
     "save_params",
+    "scale_learning_rate",
+    "seed_keys",
     "sgd",
     "sgd_update",
     "shuffled_order",
+    "sweep",
     "with_l2",
     "write_idx",
+    "write_run_events",
+    "write_run_figures",
 ]

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gd_jax.network import layer_sizes
-from gd_jax.serialization import atomic_write_bytes
+from gd_jax.serialization import atomic_write_bytes, describe_load_error
 from gd_jax.train import EpochEnd, History, TrainState
 
 __all__ = [
@@ -328,7 +328,8 @@ def _open(path: str) -> tuple[zipfile.ZipFile, dict[str, Any]]:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, UnicodeDecodeError, OSError) as e:
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             raise
-        raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({e}); {_fix_hint(path)}") from None
+        raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({describe_load_error(e)}); "
+                              f"{_fix_hint(path)}") from None
 
 
 def read_checkpoint_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -379,7 +380,8 @@ def load_checkpoint(path: str | os.PathLike, *, like: TrainState) -> Checkpoint:
         except CheckpointError:
             raise
         except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError) as e:
-            raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({e}); {_fix_hint(path)}") from None
+            raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({describe_load_error(e)}); "
+                                  f"{_fix_hint(path)}") from None
     key_data = jnp.asarray(leaves.pop())
     key_info = manifest["key"]
     key = jax.random.wrap_key_data(key_data, impl=key_info["impl"]) if key_info["typed"] else key_data

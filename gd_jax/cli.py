@@ -1,52 +1,58 @@
 """The ``gd-jax`` command: ``train`` a network (and ``--resume`` one) and ``evaluate`` a trained one.
 
-A run folder (``--out DIR``) holds ``config.json``, ``history.json``, ``params.npz`` (the
-last finished epoch's parameters, then the final ones), ``history.png`` at the end, and
-``checkpoints/``: the state after each epoch (``epoch-000000.npz`` is the initial state;
-the two newest are kept). Every file is written atomically, so a crash, a SIGKILL or a
-Ctrl-C at any moment leaves each of them whole, and ``gd-jax train --resume DIR``
-continues from the newest checkpoint with the saved config, ending with the parameters
-and history that the uninterrupted run would have had.
+This module parses the command line and dispatches; what a run folder is, how it is
+claimed, written and resumed lives in ``gd_jax.runs``.
 
 Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
 traceback); 3 the run diverged (the run folder keeps the last good epoch); 130 interrupted
-(Ctrl-C or SIGTERM; resume with ``--resume``).
+(Ctrl-C or SIGTERM; resume with ``--resume``). Any other failure is a bug and shows its
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
-import platform
-import signal
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from gd_jax import runs
+from gd_jax.runs import BadInput, bad_input, plural
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
-# The files a run folder holds; --overwrite removes exactly these (and the checkpoints), nothing else.
-RUN_FILES = ("config.json", "history.json", "params.npz", "history.png")
-CHECKPOINTS = "checkpoints"
 # The settings a run is defined by, saved in config.json and in every checkpoint.
 SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
-            "seed", "target_cost", "dataset", "idx_dir", "data_dir", "validation")
-# What --resume may change: how many epochs in all, and where the (same) data lives.
-RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir")
+            "seed", "target_cost", "max_growth", "lmbda", "patience", "eta_schedule",
+            "dataset", "idx_dir", "data_dir", "validation")
+# What --resume may change: how many epochs in all, where the (same) data lives, the divergence threshold.
+RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
+# Settings added after runs were first written, with the value those older runs used.
+SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_schedule": None}
 # Options that only steer this invocation, never the run.
-INVOCATION_ONLY = ("resume", "no_progress", "download", "debug")
+INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite")
+
+# Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
+COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
+# How to get JAX for an accelerator, by the platform JAX calls it.
+_INSTALL_HINT = {
+    "cuda": 'pip install -U "jax[cuda12]" (an NVIDIA GPU with its driver is needed)',
+    "gpu": 'pip install -U "jax[cuda12]" (an NVIDIA GPU with its driver is needed)',
+    "rocm": "install JAX's ROCm build (see JAX's installation guide; an AMD GPU is needed)",
+    "tpu": 'pip install -U "jax[tpu]" (on a Cloud TPU VM)',
+}
+_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
 
-class UsageError(ValueError):
+class UsageError(BadInput):
     """A command-line mistake: reported in one line, exit status 2."""
 
 
@@ -64,29 +70,47 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _max_growth(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-growth wants a number > 1 or 'off', got {text!r}") from None
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import gd_jax
     from gd_jax.costs import COSTS
     from gd_jax.data.mnist import SOURCES
     from gd_jax.network import ACTIVATIONS, INITS
 
     parser = _Parser(prog="gd-jax", description="Train feed-forward networks by gradient descent in JAX.")
+    parser.add_argument("--version", action="version", version=f"gd-jax {gd_jax.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def data_options(p: argparse.ArgumentParser) -> None:
+    def common_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", choices=SOURCES, default="sample",
                        help="sample: embedded 5,000/10,000 real MNIST (offline); idx: four IDX files in --idx-dir; "
                             "mnist: full MNIST via tensorflow-datasets (default: sample)")
-        p.add_argument("--idx-dir", help="folder of the four MNIST IDX files (for --dataset idx or mnist)")
-        p.add_argument("--data-dir", help="tensorflow-datasets data folder (default $TFDS_DATA_DIR)")
+        p.add_argument("--idx-dir", help="folder of the four MNIST IDX files (with --dataset idx or mnist)")
+        p.add_argument("--data-dir", help="tensorflow-datasets data folder (with --dataset mnist; default "
+                                          "$TFDS_DATA_DIR)")
         p.add_argument("--download", action="store_true", help="let --dataset mnist download the data")
+        p.add_argument("--device", choices=sorted(_PLATFORMS),
+                       help="where to compute (default: JAX's choice, the accelerator if JAX has one)")
+        p.add_argument("--no-compile-cache", action="store_true",
+                       help=f"do not use the persistent compilation cache (also: {COMPILE_CACHE_ENV}=off)")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
 
     train = commands.add_parser("train", help="train a network and write a run folder",
                                 description="Train a network by mini-batch gradient descent; defaults are the "
                                             "textbook's chapter 1 run. With --resume DIR, continue the run in DIR "
                                             "from its last checkpoint with its saved settings; only --epochs (the "
-                                            "total, to extend a run), --idx-dir and --data-dir may be changed.")
+                                            "total, to extend a run), --idx-dir, --data-dir and --max-growth may "
+                                            "be changed.")
     train.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
     train.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
     train.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
@@ -99,24 +123,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", choices=INITS, default="normal",
                        help="normal: N(0,1) weights (chapter 1); scaled: N(0,1/n_in) (chapter 3) (default normal)")
     # Seed 2 is one of the 15 in 20 seeds whose textbook run does not stall (see README, "Known behaviour").
-    train.add_argument("--seed", type=int, default=2, help="PRNG seed for initialisation and shuffling (default 2)")
+    train.add_argument("--seed", type=int, default=2,
+                       help="PRNG seed for initialisation and shuffling, 0 to 2**64-1 (default 2)")
     train.add_argument("--target-cost", type=float, default=None,
                        help="stop once the training cost is at or below this value")
+    train.add_argument("--max-growth", type=_max_growth, default=10.0,
+                       help="count the run as diverged when the parameters' root mean square grows more than this "
+                            "many times in one epoch; 'off' never (default 10)")
+    train.add_argument("--lmbda", type=float, default=None,
+                       help="L2 regularisation lambda: adds lambda/(2n) sum w^2 to the cost, n the training examples "
+                            "(the textbook's chapter 3; default none)")
+    train.add_argument("--patience", type=int, default=None,
+                       help="early stopping: stop when the evaluation accuracy has not improved for this many epochs, "
+                            "and keep the best epoch's parameters (use with --validation)")
+    train.add_argument("--eta-schedule", type=int, default=None, metavar="N",
+                       help="halve eta each time the evaluation accuracy has not improved for N epochs; stop once it "
+                            "is 1/128 of its start (the textbook's schedule; use with --validation)")
     train.add_argument("--validation", action="store_true",
                        help="evaluate on a validation set held out of the training data (test reported at the end)")
     train.add_argument("--out", help="run folder (default runs/<date-time>)")
     train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint, with its saved settings")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    data_options(train)
+    train.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
+    common_options(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained network",
-                                   description="Cost and accuracy of a run's params.npz on a dataset's test split.")
+                                   description="Cost and accuracy of a run's params.npz on a dataset's test split; "
+                                               "the data options default to the run's own.")
     evaluate.add_argument("run", help="a run folder, or a params .npz file")
     evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
     evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
-    data_options(evaluate)
+    common_options(evaluate)
     parser.gd_jax_commands = (train, evaluate)
     return parser
 
@@ -126,338 +164,371 @@ def _given_options(argv: Sequence[str]) -> set[str]:
     parser = build_parser()
     for p in (parser, *parser.gd_jax_commands):
         for action in p._actions:  # argparse has no public way to ask which options were given
-            if action.dest not in ("help", "command"):
+            if action.dest not in ("help", "command", "version"):
                 action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv))) - {"command"}
 
 
-def _load_data(args: argparse.Namespace, *, validation: bool = False):
-    from gd_jax.data.mnist import load_mnist
-
-    return load_mnist(args.dataset, validation=validation, idx_dir=args.idx_dir, data_dir=args.data_dir,
-                      download=args.download)
+# --- the process's environment: compilation cache, device ---------------------------------------------------------
 
 
-def _write_json(path: str, obj: Any) -> None:
-    from gd_jax.serialization import atomic_write_bytes
+def compile_cache_folder(disabled: bool = False) -> str | None:
+    """The persistent compilation cache folder: ``$GD_JAX_COMPILE_CACHE``, else the user's cache folder.
 
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def _prepare_out(out: str | None, overwrite: bool) -> str:
-    """Checks that the run folder can be written, without writing anything yet."""
-    if out is None:
-        out = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out!r} is a file, not a folder; choose another --out")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise UsageError(
-            f"run folder {out!r} already exists and is not empty; pass --overwrite, --resume {out} to continue "
-            "it, or choose another --out")
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"cannot create run folder {out!r}: {parent!r} is a file, not a folder; choose another --out")
-    target = out if os.path.isdir(out) else parent
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write run folder {out!r}: {target!r} is not writable; choose another --out")
-    return out
-
-
-def _make_out(out: str, overwrite: bool) -> None:
-    """Creates the run folder; with ``overwrite``, removes the files of the run it held before."""
-    from gd_jax.checkpoint import list_checkpoints
-
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create run folder {out!r} ({e.strerror}); choose another --out") from None
-    if overwrite:
-        for name in RUN_FILES:
-            if os.path.exists(os.path.join(out, name)):
-                os.unlink(os.path.join(out, name))
-        folder = os.path.join(out, CHECKPOINTS)
-        for _, path in list_checkpoints(folder):
-            os.unlink(path)
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                if name.startswith(".tmp-"):
-                    os.unlink(os.path.join(folder, name))
-            if not os.listdir(folder):
-                os.rmdir(folder)
-
-
-# The signals that interrupt a run: Ctrl-C, and the SIGTERM that `kill` and job schedulers send.
-_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
-    """Makes SIGTERM raise KeyboardInterrupt, as SIGINT does, so both stop a run the same clean way.
-
-    Only in the main thread (the only one that may set handlers); elsewhere a no-op.
+    ``$XDG_CACHE_HOME/gd_jax/jax-compile`` (``~/.cache/gd_jax/jax-compile`` without it).
+    None when ``disabled`` or ``$GD_JAX_COMPILE_CACHE`` is ``off``, ``0``, ``false``, ``no`` or empty.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if disabled:
+        return None
+    chosen = os.environ.get(COMPILE_CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "false", "no") else os.path.expanduser(chosen)
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "gd_jax", "jax-compile")
+
+
+def _use_compile_cache(folder: str | None) -> None:
+    """Lets JAX keep compiled programs in ``folder`` across processes, so a repeated command compiles nothing."""
+    if folder is None:
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Holds an interrupt back until the block is done, so that the files of one epoch are written together.
-
-    Only in the main thread and for signals handled by Python's default KeyboardInterrupt
-    handler; elsewhere a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    deferred = [s for s in _INTERRUPTS if signal.getsignal(s) is signal.default_int_handler]
-    received: list[int] = []
-    for s in deferred:
-        signal.signal(s, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for s in deferred:
-            signal.signal(s, signal.default_int_handler)
-        if received:
-            raise KeyboardInterrupt
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read {path!r} ({e}); it is damaged: start a new run") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{path!r} does not hold a run config; start a new run")
-    return value
-
-
-def _resume_settings(args: argparse.Namespace, given: set[str]) -> tuple[str, dict[str, Any], str | None]:
-    """The run folder, the settings to continue with and the checkpoint to start from (None: epoch 0)."""
-    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
-
-    out = args.resume
-    for flag in ("out", "overwrite"):
-        if flag in given:
-            raise UsageError(f"--{flag} cannot be combined with --resume: --resume {out} continues the run in {out} "
-                             f"itself; drop --{flag}")
-    if not os.path.isdir(out):
-        raise FileNotFoundError(f"run folder not found: {out!r}; pass the --out folder of an earlier gd-jax train")
-    config_path = os.path.join(out, "config.json")
-    checkpoint = latest_checkpoint(os.path.join(out, CHECKPOINTS))
-    if checkpoint is not None:
-        saved = read_checkpoint_manifest(checkpoint)["config"]
-        if os.path.isfile(config_path):
-            # The checkpoint's own config rules; config.json must describe the same run.
-            described = _read_json(config_path)
-            differ = [k for k in SETTINGS if k not in RESUME_MAY_CHANGE and described.get(k) != saved.get(k)]
-            if differ:
-                k = differ[0]
-                raise UsageError(
-                    f"checkpoint {checkpoint!r} was written by another run than {config_path!r} describes "
-                    f"({k} {saved.get(k)!r} there, {described.get(k)!r} here); move the foreign checkpoint away or "
-                    "start a new run")
-    elif os.path.isfile(config_path):
-        saved = _read_json(config_path)  # stopped before its first checkpoint: start at epoch 0
-    else:
-        raise UsageError(f"{out!r} is not a gd-jax run folder (no config.json, no {CHECKPOINTS}/); "
-                         "pass the --out folder of an earlier gd-jax train")
-    missing = [k for k in SETTINGS if k not in saved]
-    if missing:
-        raise UsageError(f"the saved config of {out!r} lacks {', '.join(missing)}; start a new run")
-    settings = {k: saved[k] for k in SETTINGS}
-    for k in sorted(given - set(INVOCATION_ONLY)):
-        value = getattr(args, k)
-        if k in RESUME_MAY_CHANGE:
-            settings[k] = value
-        elif value != settings.get(k):
-            flag = "--" + k.replace("_", "-")
-            raise UsageError(
-                f"{flag} {_show(value)} conflicts with the run's saved {k} {_show(settings.get(k))}; a resumed run "
-                f"keeps its settings (only {', '.join('--' + m.replace('_', '-') for m in RESUME_MAY_CHANGE)} may "
-                f"change): drop {flag}, or start a new run with --out")
-    return out, settings, checkpoint
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _train(args: argparse.Namespace, given: set[str]) -> int:
     import jax
 
-    import gd_jax as gd
-    from gd_jax.checkpoint import load_checkpoint
-    from gd_jax.costs import COSTS
-    from gd_jax.data import check_dataset
-    from gd_jax.train import check_fit_arguments
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # The epoch compiles in well under JAX's default 1 s threshold on a CPU, yet dominates a short run.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-    # Everything is validated before the run folder is touched, so a mistake writes nothing.
-    if args.resume is not None:
-        out, settings, checkpoint = _resume_settings(args, given)
-    else:
-        settings, checkpoint = {k: getattr(args, k) for k in SETTINGS}, None
-    run = argparse.Namespace(**settings, download=args.download)
-    optimizer = gd.sgd(run.learning_rate, momentum=run.momentum, nesterov=run.nesterov)
-    cost = functools.partial(COSTS[run.cost], activation=run.activation)
-    if args.resume is None:
-        out = _prepare_out(args.out, args.overwrite)
-    key = jax.random.key(run.seed)
-    init_key, shuffle_key = jax.random.split(key)
-    params = gd.init_mlp(init_key, run.sizes, run.init)
-    splits = _load_data(run, validation=run.validation)
-    train, test = splits[0], splits[-1]
-    eval_data = splits[1] if run.validation else test
-    check_fit_arguments(params, train, eval_data=eval_data, epochs=run.epochs, batch_size=run.batch_size,
-                        target_cost=run.target_cost)
-    check_dataset(test, n_inputs=run.sizes[0], n_classes=run.sizes[-1], name="test data")
-    config = {
-        **settings, "n_train": train.size, "n_eval": eval_data.size,
-        "gd_jax": gd.__version__, "jax": jax.__version__, "device": str(jax.devices()[0]),
-        "python": platform.python_version(),
-    }
-    opt_state, history, done = None, None, 0
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, optimizer.init(params)))
-        for k in ("n_train", "n_eval"):
-            if ckpt.config.get(k) != config[k]:
-                raise UsageError(f"the data changed since the run started: {k} is {config[k]}, the checkpoint was "
-                                 f"trained with {ckpt.config.get(k)}; resume with the same data")
-        params, opt_state, shuffle_key, history, done = (
-            ckpt.state.params, ckpt.state.opt_state, ckpt.key, ckpt.history, ckpt.epoch)
-        if run.epochs < done:
-            raise UsageError(f"--epochs {run.epochs} is fewer than the {done} epochs {out!r} has done; pass "
-                             f"--epochs {done} or more")
-    finished = (history is not None and run.target_cost is not None and len(history) > 0
-                and history.epochs[-1]["train_cost"] <= run.target_cost)
 
-    plan = _Plan(run, out, config, optimizer, cost, params, opt_state, shuffle_key, history, done, finished,
-                 checkpoint, train, eval_data, test)
-    # From here on the run folder is written, every file atomically: an interruption at any
-    # moment leaves each file whole, and the newest checkpoint to resume from.
+def _select_device(device: str | None):
+    """The device to compute on; one line naming the platform and how to get it when JAX cannot use it."""
+    import jax
+
+    wanted = _PLATFORMS.get(device) if device else None
+    if wanted is not None:
+        jax.config.update("jax_platforms", wanted)  # before JAX starts a backend; ignored after
+    platform = wanted or os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or None
     try:
-        return _run(args, plan)
-    except KeyboardInterrupt:
-        if args.debug:
-            traceback.print_exc()
-        if not os.path.isfile(os.path.join(out, "config.json")):
-            print(f"gd-jax: interrupted before the run folder {out} was written", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        state = (f"keeps epoch {plan.done} of {run.epochs}" if plan.done < run.epochs
-                 else "holds the finished training; only the final files are missing")
-        print(f"gd-jax: interrupted; nothing is half-written: the run folder {out} {state}. "
-              f"Continue with: gd-jax train --resume {out}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        devices = jax.devices(device) if device else jax.devices()
+    except (RuntimeError, AssertionError) as e:  # JAX's errors (an assertion for some) when a platform fails to start
+        name = platform or "the default"
+        first = name.split(",")[0]
+        hint = _INSTALL_HINT.get(first, "check JAX's installation guide")
+        reason = str(e).split("\n")[0] or "no such device here"
+        raise BadInput(f"JAX cannot use the {name!r} platform on this machine ({reason}); to use it, {hint}; or run "
+                       "on the CPU with --device cpu") from e
+    return devices[0]
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+
+
+def _check_flags(s: dict[str, Any]) -> None:
+    """The command line's own strict checks of a run's settings, in the flags' words."""
+    sizes = s["sizes"]
+    if len(sizes) < 2 or any(n <= 0 for n in sizes):
+        raise UsageError(f"--sizes must be two or more positive integers, input first, got "
+                         f"{','.join(map(str, sizes)) or 'nothing'}; e.g. --sizes 784,30,10")
+    if s["epochs"] < 0:
+        raise UsageError(f"--epochs must be an integer >= 0, got {s['epochs']}; pass 30 for the textbook run")
+    if s["batch_size"] < 1:
+        raise UsageError(f"--batch-size must be an integer >= 1, got {s['batch_size']}; 1 is stochastic gradient "
+                         "descent, the textbook uses 10")
+    eta = s["learning_rate"]
+    if not (math.isfinite(eta) and eta > 0):
+        raise UsageError(f"--eta must be a positive finite number, got {eta}; the textbook uses 3.0")
+    momentum = s["momentum"]
+    if momentum is not None and not 0 <= momentum < 1:
+        raise UsageError(f"--momentum must be in [0, 1), got {momentum}; 0.9 is a common choice (leave it out for "
+                         "plain gradient descent)")
+    if s["nesterov"] and momentum is None:
+        raise UsageError("--nesterov needs --momentum; pass e.g. --momentum 0.9 --nesterov")
+    target = s["target_cost"]
+    if target is not None and not (math.isfinite(target) and target >= 0):
+        raise UsageError(f"--target-cost must be a finite number >= 0, got {target}; e.g. --target-cost 0.01")
+    lmbda = s["lmbda"]
+    if lmbda is not None and not (math.isfinite(lmbda) and lmbda >= 0):
+        raise UsageError(f"--lmbda must be a finite number >= 0, got {lmbda}; the textbook uses 5.0 on 50,000 digits")
+    for flag, value in (("--patience", s["patience"]), ("--eta-schedule", s["eta_schedule"])):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be an integer >= 1, got {value}; e.g. {flag} 10")
+    growth = s["max_growth"]
+    if growth is not None and not growth > 1:  # inf is fine: the same as off
+        raise UsageError(f"--max-growth must be a number > 1 or 'off', got {growth}; the default is 10")
+    _check_data_flags(s["dataset"], s["idx_dir"], s["data_dir"], s.get("download", False))
+
+
+def _check_data_flags(dataset: str, idx_dir: str | None, data_dir: str | None, download: bool) -> None:
+    if idx_dir is not None and dataset not in ("idx", "mnist"):
+        raise UsageError(f"--idx-dir is read only with --dataset idx (any IDX files) or --dataset mnist (the genuine "
+                         f"files); add one of them, or drop --idx-dir (--dataset is {dataset})")
+    if data_dir is not None and dataset != "mnist":
+        raise UsageError(f"--data-dir is read only with --dataset mnist; add --dataset mnist, or drop --data-dir "
+                         f"(--dataset is {dataset})")
+    if download and dataset != "mnist":
+        raise UsageError(f"--download is only for --dataset mnist; add --dataset mnist, or drop --download "
+                         f"(--dataset is {dataset})")
+
+
+def _load_data(dataset: str, *, idx_dir, data_dir, download: bool, validation: bool = False):
+    from gd_jax.data.mnist import load_mnist
+
+    with bad_input():
+        return load_mnist(dataset, validation=validation, idx_dir=idx_dir, data_dir=data_dir, download=download)
 
 
 @dataclasses.dataclass
 class _Plan:
     """A validated run, ready to write: its settings, data, starting state and folder."""
 
-    run: argparse.Namespace  # the settings (SETTINGS) and --download
-    out: str
+    settings: dict[str, Any]
     config: dict[str, Any]
     optimizer: Any
+    stateful: Any  # what the optimizer state is the state of (the optimizer, or its eta-schedule wrapper)
     cost: Any
     params: Any
     opt_state: Any  # None: a fresh optimizer.init(params)
     key: Any  # the shuffling key given to fit
     history: Any  # None: a new run
     done: int  # epochs done, updated as checkpoints are written
-    finished: bool  # the saved run already reached its target cost
     checkpoint: str | None  # the checkpoint resumed from
     train: Any
     eval_data: Any
     test: Any
+    best_params: Any = None  # with --patience, resumed: the parameters of the best epoch so far
 
 
-def _run(args: argparse.Namespace, plan: _Plan) -> int:
+def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> tuple[str | None, _Plan]:
+    """Validates everything a run needs, writing nothing; returns its folder (None: a default name) and plan."""
+    import jax
+
+    import gd_jax as gd
+    from gd_jax.checkpoint import load_checkpoint
+    from gd_jax.costs import COSTS, with_l2
+    from gd_jax.data import check_dataset
+    from gd_jax.train import check_fit_arguments
+
+    saved: dict[str, Any] = {}
+    if args.resume is not None:
+        for flag in ("out", "overwrite"):
+            if flag in given:
+                raise UsageError(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
+                                 f"run in {args.resume} itself; drop --{flag}")
+        out = args.resume
+        written = {k: getattr(args, k) for k in given if k in SETTINGS}
+        settings, saved, checkpoint = runs.resume_settings(out, written, settings=SETTINGS,
+                                                           may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
+    else:
+        out, settings, checkpoint = args.out, {k: getattr(args, k) for k in SETTINGS}, None
+    _check_flags({**settings, "download": args.download})
+    key = runs.seed_key(settings["seed"])
+    optimizer = gd.sgd(settings["learning_rate"], momentum=settings["momentum"], nesterov=settings["nesterov"])
+    # With the schedule, fit wraps the optimizer so that its state carries the learning-rate scale:
+    # checkpoints hold that state.
+    stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
+    cost = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])
+    if args.resume is None:
+        runs.check_out(out, overwrite=args.overwrite)
+    init_key, shuffle_key = jax.random.split(key)
+    with bad_input():
+        params = gd.init_mlp(init_key, settings["sizes"], settings["init"])
+    splits = _load_data(settings["dataset"], idx_dir=settings["idx_dir"], data_dir=settings["data_dir"],
+                        download=args.download, validation=settings["validation"])
+    train, test = splits[0], splits[-1]
+    eval_data = splits[1] if settings["validation"] else test
+    if settings["lmbda"]:  # the textbook's L2: lambda / (2n) sum w^2, n the whole training set's size
+        cost = with_l2(cost, settings["lmbda"], train.size)
+    if not 1 <= settings["batch_size"] <= train.size:
+        raise UsageError(f"--batch-size must be between 1 and {train.size} (the training examples), got "
+                         f"{settings['batch_size']}; 1 is stochastic, {train.size} full-batch gradient descent, the "
+                         "textbook uses 10")
+    with bad_input():
+        check_fit_arguments(params, train, eval_data=eval_data, epochs=settings["epochs"],
+                            batch_size=settings["batch_size"], target_cost=settings["target_cost"],
+                            max_growth=settings["max_growth"], patience=settings["patience"],
+                            eta_halving=settings["eta_schedule"])
+        check_dataset(test, n_inputs=settings["sizes"][0], n_classes=settings["sizes"][-1], name="test data")
+    datasets = {"train": train, "test": test}
+    if settings["validation"]:
+        datasets["validation"] = eval_data
+    config = {
+        **settings, "n_train": train.size, "n_eval": eval_data.size, "n_test": test.size,
+        "eval_data": "validation" if settings["validation"] else "test",
+        "data_sha256": runs.data_fingerprint(datasets),
+        "segments": [dict(s) for s in saved.get("segments", [])],
+    }
+    opt_state, history, done, best_params = None, None, 0, None
+    if checkpoint is not None:
+        with bad_input():
+            ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, stateful.init(params)))
+        for k in ("n_train", "n_eval"):
+            if ckpt.config.get(k) != config[k]:
+                raise BadInput(f"the data changed since the run started: {k} is {config[k]}, the checkpoint was "
+                               f"trained with {ckpt.config.get(k)}; resume with the same data")
+        runs.check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
+        params, opt_state, shuffle_key, history, done = (
+            ckpt.state.params, ckpt.state.opt_state, ckpt.key, ckpt.history, ckpt.epoch)
+        if settings["patience"] is not None and history.best_epoch is not None:
+            best_path = os.path.join(out, runs.best_params_name(history.best_epoch))
+            with bad_input():
+                best_params = gd.load_params(best_path)
+        if settings["epochs"] < done:
+            raise UsageError(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} has "
+                             f"done; pass --epochs {done} or more")
+    elif saved:
+        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out)
+    for segment in config["segments"]:  # the epochs a killed segment saved are all it contributed
+        if segment.get("last_epoch") is None or segment["last_epoch"] > done:
+            segment["last_epoch"] = done
+    config["segments"].append(runs.environment(command, first_epoch=done + 1))
+    plan = _Plan(settings, config, optimizer, stateful, cost, params, opt_state, shuffle_key, history, done,
+                 checkpoint, train, eval_data, test, best_params)
+    return out, plan
+
+
+def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
+    # Everything is validated before the run folder is touched, so a mistake writes nothing.
+    out, plan = _prepare(args, given, command)
+    if args.resume is not None:
+        folder = runs.open_run_folder(out)
+        folder.write_json(runs.CONFIG, plan.config)
+    else:
+        folder = runs.claim_run_folder(out, plan.config, overwrite=args.overwrite)
+    # From here on the run folder is written, every file atomically: an interruption at any
+    # moment leaves each file whole, and the newest checkpoint to resume from.
+    with folder:
+        try:
+            return _run(args, plan, folder)
+        except KeyboardInterrupt:
+            if args.debug:
+                traceback.print_exc()
+            total = plan.settings["epochs"]
+            state = (f"keeps epoch {plan.done} of {total}" if plan.done < total
+                     else "holds the finished training; only the final files are missing")
+            print(f"gd-jax: interrupted; nothing is half-written: the run folder {folder.path} {state}. "
+                  f"Continue with: gd-jax train --resume {folder.path}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _divergence(e: Any, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The one-line message and the structured record of a divergence, in the command line's words."""
+    growth = e.growth if math.isfinite(e.growth) else None
+    fact = {"epoch": e.epoch, "reason": "growth" if e.cost_finite and growth is not None else "nonfinite",
+            "growth": growth, "max_growth": e.max_growth, "cost_finite": e.cost_finite, "message": str(e)}
+    smaller = f"--eta {settings['learning_rate'] / 10:g}"
+    if fact["reason"] == "growth":
+        saturates = settings["activation"] in ("sigmoid", "tanh")  # bounded neurons saturate; relu's grow on
+        what = "saturating the network" if saturates else "far beyond their starting scale"
+        message = (f"the parameters grew {growth:.3g}x in epoch {e.epoch}, more than --max-growth {e.max_growth:g}: "
+                   f"{what}; the learning rate is probably too large: try {smaller} in a new run (or, if the run "
+                   f"was healthy, resume it with a larger --max-growth, or --max-growth off)")
+    else:
+        message = (f"the cost became NaN or infinite in epoch {e.epoch}; the learning rate is probably too large: "
+                   f"try {smaller} in a new run")
+    return message, fact
+
+
+def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     """Trains and writes the run folder (everything is validated by now)."""
     import gd_jax as gd
     from gd_jax.checkpoint import checkpoint_path, save_checkpoint
-    from gd_jax.plotting import plot_history
     from gd_jax.train import DivergenceError
 
-    run, out, config, history = plan.run, plan.out, plan.config, plan.history
+    s, config = plan.settings, plan.config
+    history = plan.history
 
-    if args.resume is None:
-        _make_out(out, args.overwrite)
-    _write_json(os.path.join(out, "config.json"), config)
-
-    def save(epoch: int, state: gd.TrainState, history: gd.History) -> None:
-        with _interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
-            save_checkpoint(os.path.join(out, CHECKPOINTS), epoch=epoch, state=state, key=plan.key, history=history,
+    def save(epoch: int, state: gd.TrainState, history: gd.History, best_params: Any = None) -> None:
+        with runs.interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
+            new_best = best_params is not None and history.best_epoch == epoch  # what --patience returns
+            if new_best:  # before the checkpoint that records it
+                gd.save_params(folder.file(runs.best_params_name(epoch)), best_params)
+            save_checkpoint(folder.checkpoints, epoch=epoch, state=state, key=plan.key, history=history,
                             config=config)
-            gd.save_params(os.path.join(out, "params.npz"), state.params)
-            _write_json(os.path.join(out, "history.json"), {"config": config, **history.to_dict()})
+            if new_best:
+                runs.remove_best_params_except(folder.path, epoch)
+            gd.save_params(folder.file("params.npz"), state.params)
+            folder.write_json("history.json", {"config": config, **history.to_dict()})
             plan.done = epoch
 
     if plan.checkpoint is None:
-        save(0, gd.TrainState(plan.params, plan.optimizer.init(plan.params)), gd.History())
+        save(0, gd.TrainState(plan.params, plan.stateful.init(plan.params)), gd.History())
     else:
-        print(f"gd-jax: resuming {out} after epoch {plan.done} of {run.epochs} ({plan.checkpoint})", file=sys.stderr)
+        print(f"gd-jax: resuming {folder.path} after epoch {plan.done} of {s['epochs']} ({plan.checkpoint})",
+              file=sys.stderr)
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=run.epochs, initial=plan.done, unit="epoch", disable=args.no_progress, file=sys.stderr,
-               dynamic_ncols=True)
+    progress = runs.EpochProgress(s["epochs"], plan.done, eval_name=config["eval_data"], enabled=not args.no_progress)
+    live = {"history": history if history is not None else gd.History()}
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
-        save(end.epoch, end.state, end.history)
-        record = end.history.epochs[-1]
-        bar.set_postfix(cost=f"{record['train_cost']:.4f}", acc=f"{record['eval_accuracy']:.4f}")
-        bar.update(1)
+        save(end.epoch, end.state, end.history, end.best_params)
+        live["history"] = end.history
+        progress.epoch_end(end.history.epochs[-1])
 
-    title = f"{run.sizes}, {run.cost} cost, eta={run.learning_rate}, batch {run.batch_size}"
+    def finish_segment() -> None:
+        config["segments"][-1]["last_epoch"] = plan.done
+        folder.write_json(runs.CONFIG, config)
+
     try:
-        if plan.finished:
-            params = plan.params
-            history.stop_reason = "target_cost"
-        else:
-            params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=run.epochs,
-                                     batch_size=run.batch_size, optimizer=plan.optimizer, cost=plan.cost,
-                                     key=plan.key, activation=run.activation, target_cost=run.target_cost,
-                                     opt_state=plan.opt_state, history=history, on_epoch_end=on_epoch_end)
+        params, history = gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"],
+                                 batch_size=s["batch_size"], optimizer=plan.optimizer, cost=plan.cost,
+                                 key=plan.key, activation=s["activation"], target_cost=s["target_cost"],
+                                 max_growth=s["max_growth"], patience=s["patience"], eta_halving=s["eta_schedule"],
+                                 opt_state=plan.opt_state,
+                                 history=history, best_params=plan.best_params, on_epoch_end=on_epoch_end)
     except DivergenceError as e:
-        bar.close()
+        progress.close()
         if args.debug:
             traceback.print_exc()
-        kept = checkpoint_path(os.path.join(out, CHECKPOINTS), plan.done)
-        _write_json(os.path.join(out, "history.json"),
-                    {"config": config, **e.history.to_dict(), "divergence": str(e), "last_good_epoch": plan.done})
-        if len(e.history):
-            plot_history(e.history, os.path.join(out, "history.png"), title=title)
+        kept = checkpoint_path(folder.checkpoints, plan.done)
+        message, fact = _divergence(e, s)
+        with runs.interrupts_deferred():
+            finish_segment()
+            folder.write_json("history.json", {"config": config, **e.history.to_dict(), "divergence": fact,
+                                               "last_good_epoch": plan.done})
+            runs.write_figures(folder, e.history, config)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
-        print(f"gd-jax: training diverged: {e} (e.g. --eta {run.learning_rate / 10:g} in a new run); the run folder "
-              f"{out} keeps the last good epoch, {which}: {kept} and params.npz", file=sys.stderr)
+        print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
+              f"{which}: {kept} and params.npz", file=sys.stderr)
         return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        progress.close()
+        with runs.interrupts_deferred():
+            finish_segment()
+            folder.write_json("history.json", {"config": config, **live["history"].to_dict()})
+            runs.write_figures(folder, live["history"], config)
+        raise
     finally:
-        bar.close()
+        progress.close()
 
     test = plan.test
-    test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=run.activation)
-    with _interrupts_deferred():
-        gd.save_params(os.path.join(out, "params.npz"), params)
-        _write_json(os.path.join(out, "history.json"), {
-            "config": config, **history.to_dict(), "test_cost": test_cost, "test_accuracy": test_accuracy})
-        if len(history):
-            plot_history(history, os.path.join(out, "history.png"), title=title)
-    print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), "
-          f"test cost {test_cost:.4f}, {len(history)} epochs in {sum(history['seconds']):.1f} s; run folder {out}")
+    test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=s["activation"])
+    with runs.interrupts_deferred():
+        finish_segment()
+        gd.save_params(folder.file("params.npz"), params)
+        folder.write_json("history.json", {"config": config, **history.to_dict(), "test_cost": test_cost,
+                                           "test_accuracy": test_accuracy})
+        runs.write_figures(folder, history, config)
+    trained = len(history) - (len(plan.history) if plan.history is not None else 0)
+    seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
+    compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do
+    if s["patience"] is not None and history.best_epoch is not None:
+        best = history.best_epoch
+        why = (f"stopped early: no better {config['eval_data']} accuracy in the {plural(s['patience'], 'epoch')} "
+               f"after epoch {best}" if history.stop_reason == "early_stopping"
+               else f"the best {config['eval_data']} accuracy was epoch {best}'s")
+        print(f"{why}; params.npz holds epoch {best}'s parameters (also {runs.best_params_name(best)})")
+    if history.stop_reason == "eta_schedule":
+        print(f"stopped by the schedule: eta fell to 1/128 of {s['learning_rate']:g} after "
+              f"{plural(len(history), 'epoch')}")
+    print(f"test accuracy {test_accuracy:.4f} ({round(test_accuracy * test.size)} / {test.size}), test cost "
+          f"{test_cost:.4f}; {plural(trained, 'epoch')} trained in {seconds:.1f} s, compiling {compile_seconds:.1f} "
+          f"s; run folder {folder.path}")
     return 0
 
 
-def _evaluate(args: argparse.Namespace, given: set[str]) -> int:
+# --- evaluate -----------------------------------------------------------------------------------------------------
+
+
+def _evaluate(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
     import gd_jax as gd
     from gd_jax.costs import COSTS
     from gd_jax.data import check_dataset
@@ -465,20 +536,29 @@ def _evaluate(args: argparse.Namespace, given: set[str]) -> int:
 
     path, config = args.run, {}
     if os.path.isdir(path):
-        config_path = os.path.join(path, "config.json")
+        config_path = os.path.join(path, runs.CONFIG)
         if os.path.isfile(config_path):
-            config = _read_json(config_path)
+            config = runs.read_json(config_path)
         path = os.path.join(path, "params.npz")
-    params = gd.load_params(path)
+    with bad_input():
+        params = gd.load_params(path)
     cost_name = args.cost or config.get("cost", "quadratic")
     activation = args.activation or config.get("activation", "sigmoid")
-    test = _load_data(args)[-1]
+    # The data the run trained on unless told otherwise: a --dataset idx run is evaluated on its own IDX files.
+    data = {k: getattr(args, k) if k in given else config.get(k, getattr(args, k))
+            for k in ("dataset", "idx_dir", "data_dir")}
+    if "dataset" in given and args.dataset != config.get("dataset"):
+        data["idx_dir"] = args.idx_dir  # another data set: the run's folders do not apply
+        data["data_dir"] = args.data_dir
+    _check_data_flags(data["dataset"], data["idx_dir"], data["data_dir"], args.download)
+    test = _load_data(data["dataset"], idx_dir=data["idx_dir"], data_dir=data["data_dir"], download=args.download)[-1]
     sizes = layer_sizes(params)
-    check_dataset(test, n_inputs=sizes[0], n_classes=sizes[-1], name=f"{args.dataset} test data")
+    with bad_input():
+        check_dataset(test, n_inputs=sizes[0], n_classes=sizes[-1], name=f"{data['dataset']} test data")
     cost = functools.partial(COSTS[cost_name], activation=activation)
     test_cost, test_accuracy = gd.evaluate(params, test, cost=cost, activation=activation)
-    print(json.dumps({"params": path, "dataset": args.dataset, "n": test.size, "cost": cost_name,
-                      "test_cost": test_cost, "test_accuracy": test_accuracy}))
+    print(json.dumps({"params": path, "dataset": data["dataset"], "idx_dir": data["idx_dir"], "n": test.size,
+                      "cost": cost_name, "test_cost": test_cost, "test_accuracy": test_accuracy}))
     return 0
 
 
@@ -487,11 +567,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help and --version print and exit; parse errors raise UsageError
+            return int(e.code or 0)
         args.debug = debug
-        with _interrupts_as_keyboard_interrupt():
-            return {"train": _train, "evaluate": _evaluate}[args.command](args, _given_options(argv))
-    except (ValueError, OSError) as e:  # bad input: bad values, missing or damaged files, unwritable folders
+        _use_compile_cache(compile_cache_folder(args.no_compile_cache))
+        import jax
+
+        platforms = jax.config.jax_platforms
+        try:
+            device = _select_device(args.device)
+            # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
+            with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
+                command = {"train": _train, "evaluate": _evaluate}[args.command]
+                return command(args, _given_options(argv), ["gd-jax", *argv])
+        finally:
+            jax.config.update("jax_platforms", platforms)
+    except BadInput as e:  # bad input: settings, data files, run folders; anything else is a bug
         if debug:
             traceback.print_exc()
         print(f"gd-jax: error: {e}", file=sys.stderr)

@@ -173,32 +173,32 @@ QUICK = ["--sizes", "784,10,10", "--epochs", "1", "--no-progress"]
 CLI_CASES = {
     # sizes
     "sizes empty": (["--sizes", ""], "sizes must be two or more positive integers"),
-    "sizes zero": (["--sizes", "784,0,10"], "got [784, 0, 10]"),
-    "sizes negative": (["--sizes", "784,-3,10"], "got [784, -3, 10]"),
+    "sizes zero": (["--sizes", "784,0,10"], "--sizes must be two or more positive integers, input first, got 784,0,10"),
+    "sizes negative": (["--sizes", "784,-3,10"], "got 784,-3,10; e.g. --sizes 784,30,10"),
     "sizes not numbers": (["--sizes", "784,x"], "--sizes wants comma-separated integers"),
     "sizes: input width not the data's": (["--sizes", "100,30,10"], "--sizes 784,30,10"),
     "sizes: fewer outputs than classes": (["--sizes", "784,30,5"], "outside [0, 5)"),
     # batch size
-    "batch size 0": (["--batch-size", "0"], "batch_size must be an integer between 1 and 5000, got 0"),
+    "batch size 0": (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     "batch size negative": (["--batch-size", "-1"], "got -1"),
-    "batch size > n": (["--batch-size", "5001"], "between 1 and 5000, got 5001"),
+    "batch size > n": (["--batch-size", "5001"], "--batch-size must be between 1 and 5000 (the training examples)"),
     # epochs
     "epochs negative": (["--epochs", "-2"], "epochs must be an integer >= 0, got -2"),
     "epochs not a number": (["--epochs", "many"], "--epochs: invalid int value: 'many'"),
     # learning rate
-    "eta 0": (["--eta", "0"], "learning_rate must be a positive finite number, got 0.0"),
+    "eta 0": (["--eta", "0"], "--eta must be a positive finite number, got 0.0"),
     "eta negative": (["--eta", "-1"], "got -1.0"),
     "eta NaN": (["--learning-rate", "nan"], "got nan"),
     "eta inf": (["--eta", "inf"], "got inf"),
     # momentum
-    "momentum 1": (["--momentum", "1"], "momentum must be in [0, 1) or None, got 1.0"),
+    "momentum 1": (["--momentum", "1"], "--momentum must be in [0, 1), got 1.0"),
     "momentum negative": (["--momentum", "-0.5"], "got -0.5"),
-    "nesterov without momentum": (["--nesterov"], "nesterov=True needs a momentum coefficient"),
+    "nesterov without momentum": (["--nesterov"], "--nesterov needs --momentum; pass e.g. --momentum 0.9"),
     # the data source
     "unknown dataset": (["--dataset", "cifar"], "invalid choice: 'cifar'"),
     "idx without --idx-dir": (["--dataset", "idx"], "needs idx_dir (--idx-dir DIR)"),
     "missing IDX folder": (["--dataset", "idx", "--idx-dir", "/no/such/folder"], "IDX folder not found"),
-    "target cost NaN": (["--target-cost", "nan"], "target_cost must be a finite number >= 0"),
+    "target cost NaN": (["--target-cost", "nan"], "--target-cost must be a finite number >= 0"),
 }
 
 
@@ -293,15 +293,15 @@ def run_folder(tmp_path_factory):
 RUN_CASES = {
     "existing --out": (lambda r: ["train", *QUICK, "--out", r], "already exists and is not empty; pass --overwrite"),
     "existing --out, --overwrite but bad eta": (lambda r: ["train", *QUICK, "--out", r, "--overwrite", "--eta", "0"],
-                                                "learning_rate must be a positive finite number"),
+                                                "--eta must be a positive finite number"),
     "existing --out, --overwrite but bad batch": (
-        lambda r: ["train", *QUICK, "--out", r, "--overwrite", "--batch-size", "0"], "batch_size must be"),
+        lambda r: ["train", *QUICK, "--out", r, "--overwrite", "--batch-size", "0"], "--batch-size must be"),
     "resume: another network shape": (lambda r: ["train", "--resume", r, "--sizes", "784,20,10"],
                                       "--sizes 784,20,10 conflicts with the run's saved sizes 784,10,10"),
     "resume: another learning rate": (lambda r: ["train", "--resume", r, "--eta", "0.1"],
                                       "--learning-rate 0.1 conflicts with the run's saved learning_rate 3.0"),
     "resume: another momentum": (lambda r: ["train", "--resume", r, "--momentum", "0.9"],
-                                 "only --epochs, --idx-dir, --data-dir may change"),
+                                 "only --epochs, --idx-dir, --data-dir, --max-growth may change"),
     "resume: fewer epochs than done": (lambda r: ["train", "--resume", r, "--epochs", "1"],
                                        "--epochs 1 is fewer than the 2 epochs"),
     "resume: bad epochs": (lambda r: ["train", "--resume", r, "--epochs", "-1"], "epochs must be an integer >= 0"),
@@ -384,7 +384,7 @@ def test_cli_read_only_parent_is_refused(tmp_path, capsys):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", str(parent / "run")], "is not writable")
+        _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", str(parent / "run")], "(Permission denied)")
     finally:
         parent.chmod(0o755)
 
@@ -400,7 +400,7 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "gd_jax", "train", "--eta", "nan", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.count("\n") == 1 and "learning_rate must be a positive finite number, got nan" in done.stderr
+    assert done.stderr.count("\n") == 1 and "--eta must be a positive finite number, got nan" in done.stderr
     assert not out.exists()
 
 

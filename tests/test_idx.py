@@ -1,5 +1,7 @@
+import bz2
 import gzip
 import hashlib
+import lzma
 import os
 from importlib import resources
 
@@ -53,6 +55,17 @@ def test_write_then_read_roundtrips(tmp_path, dtype, name):
     got = gd.read_idx(tmp_path / name)
     assert got.dtype == array.dtype and got.shape == (2, 3, 4)
     np.testing.assert_array_equal(got, array)
+
+
+@pytest.mark.parametrize(("compress", "name"), [(bz2.compress, "bzip2"), (lzma.compress, "xz")])
+def test_bzip2_and_xz_are_recognised_by_their_magic_bytes(tmp_path, compress, name):
+    array = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    gd.write_idx(tmp_path / "plain", array)
+    (tmp_path / "packed.idx").write_bytes(compress((tmp_path / "plain").read_bytes()))  # the name says nothing
+    np.testing.assert_array_equal(gd.read_idx(tmp_path / "packed.idx"), array)
+    (tmp_path / "broken").write_bytes(compress((tmp_path / "plain").read_bytes())[:20])
+    with pytest.raises(ValueError, match=rf"'.*broken' is not a valid {name} file \(.*\); re-download"):
+        gd.read_idx(tmp_path / "broken")
 
 
 def test_idx_header_is_the_standard_layout(tmp_path):

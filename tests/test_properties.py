@@ -1,7 +1,12 @@
 """Properties over random pytrees, shapes and dtypes (hypothesis).
 
-- ``gd.sgd_update`` and ``gd.sgd`` (plain, momentum, Nesterov) give bit-identical results to
-  ``optax.sgd``, step after step, for any pytree of float16 / bfloat16 / float32 / float64 leaves;
+- ``gd.sgd_update`` and ``gd.sgd`` (plain, momentum, Nesterov, a schedule as the learning rate,
+  any momentum accumulator dtype) give bit-identical updates and states to ``optax.sgd``, step
+  after step, for any pytree of float16 / bfloat16 / float32 / float64 leaves;
+- ``gd.add_decayed_weights`` (the textbook's weights-only mask, or all leaves) is
+  ``optax.add_decayed_weights`` with the same mask, bit for bit;
+- ``gd.scale_learning_rate`` with a power-of-two scale ``s`` is ``gd.sgd`` with ``s * eta``, bit
+  for bit (leaves with float16's narrow exponent range excluded: its underflow breaks exactness);
 - the mean of ``gd.per_example_grads`` is ``jax.grad`` of the batch cost, for any small network,
   batch, cost and activation;
 - ``gd.fit`` under one key is deterministic, and a fit resumed at any epoch boundary (with its
@@ -26,21 +31,25 @@ SETTINGS = settings(deadline=None, max_examples=25, suppress_health_check=[Healt
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
 
-def _leaf_specs():
+def _leaf_specs(dtypes):
     shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
-    return st.tuples(shapes, st.sampled_from(DTYPES))
+    return st.tuples(shapes, st.sampled_from(dtypes))
 
 
-# A pytree shape: nested lists, tuples and dicts of (shape, dtype) leaves.
-TREES = st.recursive(
-    _leaf_specs(),
-    lambda children: st.one_of(
-        st.lists(children, min_size=1, max_size=3),
-        st.lists(children, min_size=1, max_size=3).map(tuple),
-        st.dictionaries(st.sampled_from("abcwxyz"), children, min_size=1, max_size=3),
-    ),
-    max_leaves=6,
-)
+def _trees(dtypes=DTYPES):
+    """A pytree shape: nested lists, tuples and dicts of (shape, dtype) leaves."""
+    return st.recursive(
+        _leaf_specs(dtypes),
+        lambda children: st.one_of(
+            st.lists(children, min_size=1, max_size=3),
+            st.lists(children, min_size=1, max_size=3).map(tuple),
+            st.dictionaries(st.sampled_from("abcwxyz"), children, min_size=1, max_size=3),
+        ),
+        max_leaves=6,
+    )
+
+
+TREES = _trees()
 
 
 def _is_spec(node):
@@ -70,24 +79,74 @@ def test_sgd_update_equals_optax_sgd(tree, seed, eta):
         _assert_identical(gd.sgd_update(params, grads, eta), optax.apply_updates(params, updates))
 
 
+def _learning_rate(eta, schedule):
+    return optax.exponential_decay(eta, transition_steps=2, decay_rate=0.7) if schedule else eta
+
+
 @SETTINGS
-@given(tree=TREES, seed=st.integers(0, 2**32 - 1), eta=st.floats(1e-3, 10.0),
-       momentum=st.one_of(st.none(), st.floats(0.0, 0.99)), nesterov=st.booleans(), steps=st.integers(1, 4))
-def test_gd_sgd_equals_optax_sgd_step_after_step(tree, seed, eta, momentum, nesterov, steps):
-    nesterov = nesterov and momentum is not None
+@given(tree=TREES, seed=st.integers(0, 2**32 - 1), eta=st.floats(1e-3, 10.0), schedule=st.booleans(),
+       momentum=st.one_of(st.none(), st.floats(0.0, 0.99)), nesterov=st.booleans(),
+       accumulator_dtype=st.sampled_from([None, "bfloat16", "float32", "float16"]), steps=st.integers(1, 4))
+def test_gd_sgd_equals_optax_sgd_step_after_step(tree, seed, eta, schedule, momentum, nesterov, accumulator_dtype,
+                                                 steps):
     with jax.enable_x64(True):
         rng = np.random.default_rng(seed)
-        mine, theirs = gd.sgd(eta, momentum=momentum, nesterov=nesterov), optax.sgd(eta, momentum, nesterov)
+        learning_rate = _learning_rate(eta, schedule)
+        mine = gd.sgd(learning_rate, momentum, nesterov, accumulator_dtype)
+        theirs = optax.sgd(learning_rate, momentum, nesterov, accumulator_dtype)
         p_mine = p_theirs = _fill(tree, rng)
         s_mine, s_theirs = mine.init(p_mine), theirs.init(p_theirs)
+        _assert_identical(s_mine, s_theirs)
         for _ in range(steps):
             grads = _fill(tree, rng, scale=0.1)
             u_mine, s_mine = mine.update(grads, s_mine, p_mine)
             u_theirs, s_theirs = theirs.update(grads, s_theirs, p_theirs)
             p_mine, p_theirs = gd.apply_updates(p_mine, u_mine), optax.apply_updates(p_theirs, u_theirs)
-            _assert_identical(p_mine, p_theirs)
-        if momentum is not None:  # the velocity too: optax keeps it in a TraceState
-            _assert_identical(s_mine.trace, s_theirs[0].trace)
+            # The updates (in the dtype they promote to), the params, and the whole state: the trace
+            # in its accumulator dtype, the schedule's step count.
+            _assert_identical((u_mine, p_mine, s_mine), (u_theirs, p_theirs, s_theirs))
+
+
+def _textbook_mask(spec_tree, under_w=False):
+    """The leaves that are the value of a dict key "w", found by walking the (shape, dtype) specs."""
+    if _is_spec(spec_tree):
+        return under_w
+    if isinstance(spec_tree, dict):
+        return {k: _textbook_mask(v, under_w=k == "w") for k, v in spec_tree.items()}
+    return type(spec_tree)(_textbook_mask(v) for v in spec_tree)
+
+
+@SETTINGS
+@given(tree=TREES, seed=st.integers(0, 2**32 - 1), weight_decay=st.sampled_from([0.0, 1e-4, 0.5, 3.0]),
+       everything=st.booleans())
+def test_add_decayed_weights_equals_optax(tree, seed, weight_decay, everything):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        params, grads = _fill(tree, rng), _fill(tree, rng, scale=0.1)
+        mine = gd.add_decayed_weights(weight_decay, True if everything else None)
+        theirs = optax.add_decayed_weights(weight_decay, True if everything else _textbook_mask(tree))
+        _assert_identical(mine.update(grads, mine.init(params), params),
+                          theirs.update(grads, theirs.init(params), params))
+
+
+@SETTINGS
+@given(tree=_trees(["bfloat16", "float32", "float64"]), seed=st.integers(0, 2**32 - 1), eta=st.floats(1e-3, 10.0),
+       halvings=st.integers(0, 6), momentum=st.one_of(st.none(), st.floats(0.0, 0.99)), nesterov=st.booleans(),
+       steps=st.integers(1, 3))
+def test_power_of_two_scale_is_the_scaled_learning_rate(tree, seed, eta, halvings, momentum, nesterov, steps):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(seed)
+        scale = 0.5**halvings
+        scaled, plain = gd.scale_learning_rate(gd.sgd(eta, momentum, nesterov)), gd.sgd(scale * eta, momentum, nesterov)
+        p_scaled = p_plain = _fill(tree, rng)
+        s_scaled = scaled.init(p_scaled)._replace(scale=jnp.float32(scale))
+        s_plain = plain.init(p_plain)
+        for _ in range(steps):
+            grads = _fill(tree, rng, scale=0.1)
+            u_scaled, s_scaled = scaled.update(grads, s_scaled, p_scaled)
+            u_plain, s_plain = plain.update(grads, s_plain, p_plain)
+            p_scaled, p_plain = gd.apply_updates(p_scaled, u_scaled), gd.apply_updates(p_plain, u_plain)
+            _assert_identical((u_scaled, p_scaled, s_scaled.inner_state), (u_plain, p_plain, s_plain))
 
 
 COSTS = {"quadratic": gd.quadratic_cost, "cross-entropy": gd.cross_entropy_cost,

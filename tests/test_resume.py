@@ -6,7 +6,6 @@ be bit-identical (CPU) and its history the same except the wall-clock ``seconds`
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -58,8 +57,10 @@ def _npz(path):
 
 
 def _without_seconds(history):
-    timings = ("seconds", "compile_seconds")  # wall-clock measurements, the only things a resume may change
-    return {**{k: v for k, v in history.items() if k not in timings},
+    """A history without what differs between processes: timings, and the environment of each segment."""
+    config = {k: v for k, v in history["config"].items() if k != "segments"}
+    timings = ("seconds", "compile_seconds")
+    return {**{k: v for k, v in history.items() if k not in timings}, "config": config,
             "epochs": [{k: v for k, v in e.items() if k not in timings} for e in history["epochs"]]}
 
 
@@ -79,29 +80,66 @@ def _assert_same_run(a, b, *, momentum=False):
     assert _without_seconds(ha) == _without_seconds(hb)
 
 
+# The same child, counting the epochs it trains: fit draws one batch order (gd_jax.train.shuffled_order)
+# as each epoch begins, and the child appends a line to $GD_JAX_TEST_ORDERS for each.
+_COUNTING_CHILD = """\
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import gd_jax.train
+draw, log = gd_jax.train.shuffled_order, open(os.environ["GD_JAX_TEST_ORDERS"], "a", buffering=1)
+def counted(key, n):
+    log.write("order\\n")
+    return draw(key, n)
+gd_jax.train.shuffled_order = counted
+from gd_jax.cli import main
+sys.exit(main())
+"""
+
+
+def _counting(orders, *args):
+    return subprocess.Popen([sys.executable, "-c", _COUNTING_CHILD, "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "GD_JAX_TEST_ORDERS": str(orders)})
+
+
+def _lines(path):
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path):
+def test_sigkill_mid_epoch_then_resume_trains_only_the_missing_epochs_bit_identically(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
+    first_orders, second_orders = tmp_path / "orders-1", tmp_path / "orders-2"
     reference = _start(*KILL_RUN, "--out", str(ref))  # runs alongside, on the other core
-    victim = _start(*KILL_RUN, "--out", str(killed))
-    _wait_for_checkpoint(killed, 1, victim)
-    time.sleep(0.03)  # inside epoch 2's 5,000 steps
+    victim = _counting(first_orders, *KILL_RUN, "--out", str(killed))
+    deadline = time.monotonic() + 300
+    while _lines(first_orders) < 2:  # epoch 2 has drawn its order: its 5,000 steps are running
+        assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()
+        time.sleep(0.002)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    # Killed before the end: the newest checkpoint is an earlier epoch, and no final results were written.
-    done = list_checkpoints(killed)[-1][0]
-    assert 1 <= done < 3
-    assert "test_accuracy" not in json.loads((killed / "history.json").read_text())
+    # The kill landed inside epoch 2: after it began, before it was saved (and epoch 3 never began).
+    assert _lines(first_orders) == 2
+    assert [e for e, _ in list_checkpoints(killed)] == [0, 1]
+    killed_history = json.loads((killed / "history.json").read_text())
+    assert len(killed_history["epochs"]) == 1 and "test_accuracy" not in killed_history
     # What it left is whole: the newest checkpoint loads and verifies (a stray .tmp-* file may remain).
     params = gd.init_mlp(jax.random.key(0), [784, 100, 10])
-    assert load_checkpoint(killed, like=gd.TrainState(params, gd.sgd(0.1, 0.5).init(params))).epoch == done
+    assert load_checkpoint(killed, like=gd.TrainState(params, gd.sgd(0.1, 0.5).init(params))).epoch == 1
     gd.load_params(killed / "params.npz")
 
-    resumed = subprocess.run([sys.executable, "-m", "gd_jax", "train", "--resume", str(killed), "--no-progress"],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {killed} after epoch {done} of 3" in resumed.stderr
+    resumed = _counting(second_orders, "--resume", str(killed), "--no-progress")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming {killed} after epoch 1 of 3" in err
+    # The resumed process trained epochs 2 and 3 only; epoch 1's record, its wall-clock seconds included,
+    # is the killed process's own (a retrained epoch would have measured its own time).
+    assert _lines(second_orders) == 2
+    final = json.loads((killed / "history.json").read_text())
+    assert final["epochs"][0] == killed_history["epochs"][0]
+    segments = json.loads((killed / "config.json").read_text())["segments"]
+    assert [(s["first_epoch"], s["last_epoch"]) for s in segments] == [(1, 1), (2, 3)]
+    assert segments[0]["started"] == killed_history["config"]["segments"][0]["started"]
     assert reference.wait(timeout=300) == 0, reference.communicate()
     _assert_same_run(ref, killed, momentum=True)
     assert [e for e, _ in list_checkpoints(killed)] == [2, 3]  # bounded: the two newest
@@ -130,6 +168,7 @@ def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_
     for a, b in zip(jax.tree.leaves(ckpt.state.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp-")]
+    assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curves of the epochs done
     # And it resumes (here to one more epoch, in-process).
     assert main(["train", "--resume", str(out), "--epochs", str(done + 1)]) == 0
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == done + 1
@@ -191,5 +230,50 @@ def test_divergence_exits_3_keeps_a_readable_last_checkpoint_and_suggests_a_smal
         np.testing.assert_array_equal(a, b)
     history = json.loads((out / "history.json").read_text())
     assert history["stop_reason"] == "diverged" and history["last_good_epoch"] == 0
-    growth = re.search(r"grew ([0-9.e+]+)x", history["divergence"])
-    assert growth and float(growth.group(1)) > 10.0  # above the default max_growth
+    fact = history["divergence"]  # the structured fact, not a number in a message
+    assert fact["epoch"] == 1 and fact["reason"] == "growth" and fact["cost_finite"] is True
+    assert fact["max_growth"] == 10.0 and fact["growth"] > fact["max_growth"]
+
+
+def _write_idx(folder, train, test, *, n_train=300, n_test=100):
+    folder.mkdir()
+    images = lambda d, n: np.rint(np.asarray(d.x[:n]) * 255).astype(np.uint8).reshape(n, 28, 28)  # noqa: E731
+    gd.write_idx(folder / "train-images-idx3-ubyte", images(train, n_train))
+    gd.write_idx(folder / "train-labels-idx1-ubyte", np.asarray(train.y[:n_train], np.uint8))
+    gd.write_idx(folder / "t10k-images-idx3-ubyte", images(test, n_test))
+    gd.write_idx(folder / "t10k-labels-idx1-ubyte", np.asarray(test.y[:n_test], np.uint8))
+
+
+def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path, capsys, mnist_sample):
+    idx, out = tmp_path / "idx", tmp_path / "run"
+    _write_idx(idx, *mnist_sample)
+    assert main(["train", *QUICK, "--epochs", "1", "--dataset", "idx", "--idx-dir", str(idx), "--out", str(out)]) == 0
+    # The same files in another folder resume (--idx-dir may change) ...
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in idx.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--idx-dir", str(moved), "--no-progress"]) == 0
+    # ... but one changed pixel in a training image of the same size is another data set.
+    images = gd.read_idx(moved / "train-images-idx3-ubyte")
+    images[7, 14, 14] ^= 0xFF
+    gd.write_idx(moved / "train-images-idx3-ubyte", images)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--idx-dir", str(moved), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the train data differ from those run" in err and "SHA-256" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_each_segment_of_a_resumed_run_keeps_its_own_record(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    first = json.loads((out / "config.json").read_text())["segments"]
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["segments"][0] == first[0]  # untouched by the resume
+    assert [(s["first_epoch"], s["last_epoch"]) for s in config["segments"]] == [(1, 1), (2, 3)]
+    assert config["segments"][1]["command"] == ["gd-jax", "train", "--resume", str(out), "--epochs", "3",
+                                                "--no-progress"]
+    assert json.loads((out / "history.json").read_text())["config"] == config

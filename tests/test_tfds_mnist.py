@@ -1,17 +1,19 @@
 """Full MNIST through tensorflow-datasets (gd_jax.data.tfds_mnist), offline.
 
 The real builder, download manager, checksum verification and ``data_source`` code run on the
-embedded sample and on IDX files made here; only two things are replaced: the builder's
-registry of expected checksums (pointed at those files, since the genuine full-MNIST files are
-not available offline), and the network itself - every test runs with HTTP fetching and socket
-connections patched to record the attempt and fail, and the download tests swap in a fetcher
-that copies local files.
+embedded sample and on IDX files made here; only three things are replaced: the builder's
+registry of expected download checksums and gd_jax's table of genuine content hashes (both
+pointed at those files, since the sample's training files are a subset of MNIST's; the
+tests on the real files are in test_genuine_mnist.py), and the network itself - every test
+runs with HTTP fetching and socket connections patched to record the attempt and fail, and
+the download tests swap in a fetcher that copies local files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -28,8 +30,8 @@ import requests
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums, downloader
 
-from gd_jax.data import tfds_mnist
-from gd_jax.data.idx import write_idx
+from gd_jax.data import genuine, tfds_mnist
+from gd_jax.data.idx import read_idx_bytes, write_idx
 from gd_jax.data.mnist import load_mnist, read_mnist_idx_dir
 from gd_jax.data.tfds_mnist import GZ_FILES, GdJaxMnist, MnistChecksumError, MnistNotFoundError, load_full_mnist
 
@@ -90,8 +92,21 @@ def registry() -> Iterator[None]:
 
 @pytest.fixture
 def register(monkeypatch: pytest.MonkeyPatch):
-    """``register(folder)`` makes the builder expect the checksums of ``folder``'s four files."""
+    """``register(folder)`` makes the builder expect the download checksums of ``folder``'s four files."""
     return lambda folder: monkeypatch.setattr(GdJaxMnist, "url_infos", url_infos(folder))
+
+
+@pytest.fixture
+def accept(monkeypatch: pytest.MonkeyPatch):
+    """``accept(folder)`` makes the content of ``folder``'s four files count as genuine MNIST."""
+
+    def accept_folder(folder: str) -> None:
+        for name in GZ_FILES.values():
+            with contextlib.suppress(ValueError):  # a broken stream: the reader must refuse it anyway
+                digest = hashlib.sha256(read_idx_bytes(os.path.join(folder, name))).hexdigest()
+                monkeypatch.setitem(genuine.GENUINE_SHA256, name[: -len(".gz")], digest)
+
+    return accept_folder
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +121,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> str:
     attempts: list[str] = []
     with restored_registry(), pytest.MonkeyPatch.context() as mp:
         block_network(mp, attempts)
-        mp.setattr(GdJaxMnist, "url_infos", url_infos(SAMPLE_DIR))
-        builder = GdJaxMnist(data_dir=data_dir, file_format="array_record")
-        tfds_mnist._prepare(builder, idx_dir=SAMPLE_DIR, download=False)
+        arrays = read_mnist_idx_dir(SAMPLE_DIR)
+        builder = GdJaxMnist(data_dir=data_dir, file_format="array_record", genuine=arrays)
+        tfds_mnist._prepare(builder, download=False)
     assert attempts == []
     return data_dir
 
@@ -141,8 +156,8 @@ def copy_sample(folder) -> str:
     return folder
 
 
-def test_builder_path_equals_plain_idx_reader(tmp_path, register, reference, network):
-    register(SAMPLE_DIR)
+def test_builder_path_equals_plain_idx_reader(tmp_path, accept, reference, network):
+    accept(SAMPLE_DIR)
     arrays = load_full_mnist(idx_dir=SAMPLE_DIR, data_dir=tmp_path)
     assert_same(arrays, reference)
     assert arrays["train"][0].shape == (5000, 28, 28) and arrays["test"][0].shape == (10000, 28, 28)
@@ -150,8 +165,12 @@ def test_builder_path_equals_plain_idx_reader(tmp_path, register, reference, net
     source = tfds.data_source("gd_jax_mnist", split="train", data_dir=str(tmp_path))
     np.testing.assert_array_equal(source[4999]["image"], reference["train"][0][4999])
     assert source[4999]["label"] == reference["train"][1][4999]
+    # Read back through tfds, without the idx folder: the same digits.
+    assert_same(load_full_mnist(data_dir=tmp_path), reference)
     assert network == []
     assert not any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+    # Nothing but the prepared data: the empty download folders tfds makes on the way are gone.
+    assert sorted(os.listdir(tmp_path)) == ["gd_jax_mnist"]
 
 
 def test_load_mnist_source_mnist_equals_source_sample(data_dir):
@@ -164,21 +183,22 @@ def test_load_mnist_source_mnist_equals_source_sample(data_dir):
         np.testing.assert_array_equal(g.y, w.y)
 
 
-def test_sample_is_rejected_by_the_registered_checksums(tmp_path, network):
-    # No override: tfds' own checksums of the genuine files; the sample's .gz bytes differ from them.
-    with pytest.raises(MnistChecksumError, match=r"is not the genuine MNIST file") as e:
-        load_full_mnist(idx_dir=SAMPLE_DIR, data_dir=tmp_path)
+def test_sample_training_files_are_refused_by_the_genuine_hashes(tmp_path, network, capfd):
+    # No override: the genuine content hashes; the sample's 5,000 training digits are not MNIST's 60,000.
+    with pytest.raises(MnistChecksumError, match=r"is not the genuine MNIST train-images-idx3-ubyte") as e:
+        load_full_mnist(idx_dir=SAMPLE_DIR, data_dir=tmp_path / "tfds")
     message = str(e.value)
-    assert "\n" not in message and SAMPLE_DIR in message and "--dataset idx" in message
-    assert any(os.path.join(SAMPLE_DIR, name) in message for name in GZ_FILES.values())
-    assert not GdJaxMnist(data_dir=str(tmp_path)).data_path.exists()
+    assert "\n" not in message and "--dataset idx" in message
+    assert message.startswith(repr(os.path.join(SAMPLE_DIR, "train-images-idx3-ubyte.gz")))
+    assert os.listdir(tmp_path) == []  # not even the data dir
+    assert capfd.readouterr() == ("", "")  # no tensorflow-datasets progress
     assert network == []
 
 
 @pytest.mark.parametrize("name", list(GZ_FILES.values()))
-def test_non_genuine_file_is_named(tmp_path, register, name, network):
+def test_non_genuine_file_is_named(tmp_path, accept, name, network):
     folder = copy_sample(tmp_path / "idx")
-    register(folder)
+    accept(folder)
     path = os.path.join(folder, name)
     raw = bytearray(gzip.decompress(open(path, "rb").read()))
     raw[-1] ^= 1  # one pixel or one label off: still a valid IDX file, no longer the genuine one
@@ -186,8 +206,9 @@ def test_non_genuine_file_is_named(tmp_path, register, name, network):
         f.write(gzip.compress(bytes(raw), compresslevel=1))
     with pytest.raises(MnistChecksumError) as e:
         load_full_mnist(idx_dir=folder, data_dir=tmp_path / "tfds")
-    assert str(e.value).startswith(f"{path!r} is not the genuine MNIST file") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{path!r} is not the genuine MNIST {name[:-3]}") and "\n" not in str(e.value)
     assert network == []
+    assert os.listdir(tmp_path) == ["idx"]
 
 
 def _truncated(raw: bytes) -> bytes:
@@ -211,27 +232,29 @@ def _not_gzip(raw: bytes) -> bytes:
         ("train-labels-idx1-ubyte.gz", _not_gzip, r"is not a valid gzip file"),
     ],
 )
-def test_bad_idx_file_gets_a_clear_error(tmp_path, register, name, spoil, message):
+def test_bad_idx_file_gets_a_clear_error(tmp_path, accept, name, spoil, message):
     folder = copy_sample(tmp_path / "idx")
     path = os.path.join(folder, name)
     raw = gzip.decompress(open(path, "rb").read())
     spoiled = spoil(raw)
     with open(path, "wb") as f:
         f.write(spoiled if spoiled[:2] == b"\x1f\x8b" else gzip.compress(spoiled, compresslevel=1))
-    register(folder)  # its checksum matches: the format checks must catch it
+    accept(folder)  # its content counts as genuine: the format checks must catch it
     with pytest.raises(ValueError, match=message) as e:
         load_full_mnist(idx_dir=folder, data_dir=tmp_path / "tfds")
     assert path in str(e.value) and "\n" not in str(e.value)
     # Nothing half-prepared is left behind to be read next time.
-    assert not GdJaxMnist(data_dir=str(tmp_path / "tfds")).data_path.exists()
+    assert os.listdir(tmp_path) == ["idx"]
 
 
-def test_images_and_labels_of_different_lengths_are_rejected(tmp_path, register):
+def test_images_and_labels_of_different_lengths_are_rejected(tmp_path, accept):
     folder = copy_sample(tmp_path / "idx")
     write_idx(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"), np.zeros(9999, np.uint8))
-    register(folder)
+    accept(folder)
     with pytest.raises(ValueError, match=r"10000, 28, 28\) images and 9999 labels"):
         load_full_mnist(idx_dir=folder, data_dir=tmp_path / "tfds")
+    # tfds failed inside its preparation: the folders it made on the way are removed.
+    assert os.listdir(tmp_path) == ["idx"]
 
 
 def test_offline_without_data_fails_at_once_without_network(tmp_path, network):
@@ -240,7 +263,7 @@ def test_offline_without_data_fails_at_once_without_network(tmp_path, network):
     message = str(e.value)
     assert isinstance(e.value, FileNotFoundError) and "\n" not in message
     assert str(tmp_path) in message
-    for way in ("--data-dir", "TFDS_DATA_DIR", "--idx-dir", "checksums verified", "--download"):
+    for way in ("--data-dir", "TFDS_DATA_DIR", "--idx-dir", "recognised by content", "mnist.npz", "--download"):
         assert way in message
     # No probe, no fetch, nothing written: there is nothing that could retry.
     assert network == []
@@ -263,24 +286,14 @@ def test_probe_is_bounded_when_name_resolution_hangs(monkeypatch):
     assert tfds_mnist._unreachable("example.invalid", timeout=0.05) == "no answer within 0.05 s"
 
 
-@pytest.mark.parametrize(
-    ("present", "message"),
-    [
-        ("none", r"t10k-labels-idx1-ubyte\.gz not found in .*: the folder must hold all four"),
-        ("uncompressed", r"t10k-labels-idx1-ubyte\.gz not found in .*: it holds the uncompressed file"),
-    ],
-)
-def test_idx_dir_missing_a_file_never_falls_back_to_download(tmp_path, register, present, message, network):
+def test_idx_dir_missing_a_file_never_falls_back_to_download(tmp_path, accept, network):
     folder = copy_sample(tmp_path / "idx")
-    register(folder)
-    path = os.path.join(folder, "t10k-labels-idx1-ubyte.gz")
-    if present == "uncompressed":
-        with open(path[: -len(".gz")], "wb") as f:
-            f.write(gzip.decompress(open(path, "rb").read()))
-    os.remove(path)
-    with pytest.raises(MnistNotFoundError, match=message):
+    accept(folder)
+    os.remove(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(MnistNotFoundError, match=r"t10k-labels-idx1-ubyte not found in .* must hold all four"):
         load_full_mnist(idx_dir=folder, data_dir=tmp_path / "tfds", download=True)
     assert network == []
+    assert os.listdir(tmp_path) == ["idx"]
 
 
 def test_missing_idx_dir(tmp_path):
@@ -346,7 +359,8 @@ def test_failed_download_is_one_clear_line(tmp_path, register, local_fetch, monk
     assert not GdJaxMnist(data_dir=str(tmp_path / "tfds")).data_path.exists()
 
 
-def test_incomplete_prepared_folder_is_reported(tmp_path, network):
+def test_incomplete_prepared_folder_is_reported(tmp_path, accept, network):
+    accept(SAMPLE_DIR)
     GdJaxMnist(data_dir=str(tmp_path)).data_path.mkdir(parents=True)
     with pytest.raises(MnistNotFoundError, match=r"is not a complete prepared dataset .* delete it"):
         load_full_mnist(data_dir=tmp_path, idx_dir=SAMPLE_DIR, download=True)

@@ -120,8 +120,9 @@ def load_mnist(
       validation: also return a validation set carved from the end of the training set.
       validation_size: its size; by default 10,000 for ``"mnist"`` (the textbook split)
         and one sixth of the training set otherwise.
-      idx_dir: for ``"idx"``, the folder of the four files; for ``"mnist"``, a folder with
-        the four genuine MNIST files, verified against their registered checksums.
+      idx_dir: for ``"idx"``, the folder of the four files; for ``"mnist"``, genuine MNIST
+        in any packaging (the four IDX files plain or compressed, torchvision's ``MNIST/raw``,
+        Keras' ``mnist.npz``, or that file itself), recognised by the SHA-256 of its content.
       data_dir: for ``"mnist"``, the tensorflow-datasets data folder (default
         ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       download: for ``"mnist"``, allow downloading when the data is not prepared yet.
@@ -143,9 +144,13 @@ def load_mnist(
             raise ValueError("source 'idx' needs idx_dir (--idx-dir DIR), the folder holding four MNIST IDX files")
         arrays = read_mnist_idx_dir(os.path.expanduser(os.fspath(idx_dir)))
     else:
+        from gd_jax.data import genuine
+
+        # Verified before tensorflow-datasets is even imported: a refusal is quick and creates nothing.
+        verified = genuine.read_genuine_mnist(idx_dir) if idx_dir is not None else None
         from gd_jax.data import tfds_mnist  # imports tensorflow-datasets, so only when asked
 
-        arrays = tfds_mnist.load_full_mnist(idx_dir=idx_dir, data_dir=data_dir, download=download)
+        arrays = tfds_mnist.load_full_mnist(genuine=verified, data_dir=data_dir, download=download)
     train, test = to_dataset(*arrays["train"]), to_dataset(*arrays["test"])
     if source == "mnist":
         train, val = _split_validation(train, validation_size or TEXTBOOK_VALIDATION_SIZE, source)

@@ -12,8 +12,10 @@ and replaces only the TensorFlow parts: the IDX files are read with Python's gzi
 
 1. prepared already in the tfds data dir (``data_dir``, else ``$TFDS_DATA_DIR``, else
    ``~/tensorflow_datasets``): read it, from an array cache after the first read;
-2. ``idx_dir`` holds the four genuine ``.gz`` files: prepare from them, offline, checksums
-   verified (tfds' ``manual_dir`` mechanism);
+2. ``idx_dir`` holds genuine MNIST in any packaging (the four IDX files plain or compressed,
+   torchvision's ``MNIST/raw``, Keras' ``mnist.npz``): recognised by the SHA-256 of the
+   decompressed content (``gd_jax.data.genuine``) *before* tensorflow-datasets starts, then
+   prepared from those arrays, offline;
 3. ``download=True``: download, verify and prepare (fails in seconds when the host is
    unreachable, rather than sitting minutes in HTTP retries);
 4. otherwise: one clear error that names the three ways to get the data.
@@ -24,6 +26,7 @@ machine with network, copy it to one without, and point ``data_dir`` at its pare
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -39,6 +42,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as tfds_stock_mnist
 
+from gd_jax.data.genuine import MnistChecksumError, MnistNotFoundError, read_genuine_mnist
 from gd_jax.data.idx import read_idx
 from gd_jax.data.mnist import IDX_FILES
 
@@ -57,17 +61,10 @@ PROBE_TIMEOUT_S = 5.0
 _WAYS = (
     "get it one of three ways: (a) --data-dir DIR (data_dir=, or $TFDS_DATA_DIR) pointing at a "
     "tensorflow-datasets folder where it is already prepared; (b) --idx-dir DIR (idx_dir=) holding "
-    f"the four genuine MNIST files ({', '.join(GZ_FILES.values())}), checksums verified, offline; "
+    "genuine MNIST in any packaging (the four IDX files plain or compressed, torchvision's MNIST/raw, "
+    "Keras' mnist.npz), recognised by content, offline; "
     "(c) --download (download=True) on a machine with network access"
 )
-
-
-class MnistNotFoundError(FileNotFoundError):
-    """Full MNIST is not prepared, and no way to get it was given or works."""
-
-
-class MnistChecksumError(ValueError):
-    """A file that should be genuine MNIST does not match tfds' registered checksum."""
 
 
 class GdJaxMnist(tfds_stock_mnist.MNIST):
@@ -102,7 +99,14 @@ class GdJaxMnist(tfds_stock_mnist.MNIST):
             ),
         )
 
+    def __init__(self, *args, genuine: dict[str, tuple[np.ndarray, np.ndarray]] | None = None, **kwargs):
+        """As tfds' builder; ``genuine``: arrays already verified, to prepare from instead of downloading."""
+        super().__init__(*args, **kwargs)
+        self._genuine = genuine
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+        if self._genuine is not None:
+            return {split: self._examples(*self._genuine[split], split) for split in SPLITS}
         # `download`, not the stock `download_and_extract`: tfds' gzip extractor needs TensorFlow.
         urls = {key: urllib.parse.urljoin(self.URL, name) for key, name in GZ_FILES.items()}
         paths = dl_manager.download(urls)
@@ -111,10 +115,14 @@ class GdJaxMnist(tfds_stock_mnist.MNIST):
     def _generate_examples(self, images_path: os.PathLike, labels_path: os.PathLike) -> Iterator:  # type: ignore[override]
         images = read_idx(images_path, ndim=3)
         labels = read_idx(labels_path, ndim=1)
+        return self._examples(images, labels, f"{os.fspath(images_path)!r} and {os.fspath(labels_path)!r}")
+
+    @staticmethod
+    def _examples(images: np.ndarray, labels: np.ndarray, where: str) -> Iterator:
         if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
             raise ValueError(
-                f"{os.fspath(images_path)!r} and {os.fspath(labels_path)!r} hold {images.shape} images "
-                f"and {len(labels)} labels, not n 28x28 digits with n labels; they are not MNIST files"
+                f"{where} hold {images.shape} images and {len(labels)} labels, not n 28x28 digits with "
+                "n labels; they are not MNIST files"
             )
         for index, (image, label) in enumerate(zip(images, labels)):
             yield index, {"image": image, "label": int(label)}
@@ -125,15 +133,20 @@ def load_full_mnist(
     idx_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
+    genuine: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loads full MNIST (60,000 training and 10,000 test digits) through tensorflow-datasets.
 
     Args:
-      idx_dir: a folder with the four genuine MNIST ``.gz`` files; used (offline, checksums
-        verified) to prepare the data when it is not prepared yet.
+      idx_dir: genuine MNIST in any packaging (see ``gd_jax.data.genuine.read_genuine_mnist``:
+        the four IDX files plain or compressed, torchvision's ``MNIST/raw``, Keras'
+        ``mnist.npz``). Its content is verified first, before tensorflow-datasets starts;
+        the data is then prepared from it (offline) when it is not prepared yet.
       data_dir: the tfds data folder; default ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``.
       download: allow downloading the four files when the data is not prepared and
         ``idx_dir`` is not given.
+      genuine: instead of ``idx_dir``, the arrays ``read_genuine_mnist`` already returned
+        (``load_mnist`` verifies before it imports tensorflow-datasets).
 
     Returns:
       ``{"train": (images, labels), "test": (images, labels)}`` with uint8 images
@@ -144,28 +157,37 @@ def load_full_mnist(
         way to get it: no ``idx_dir``, no ``download``, the download host is unreachable or the
         download fails, ``idx_dir`` lacks a file, or the prepared folder is incomplete. Raised
         without any network access unless ``download``.
-      MnistChecksumError: (a ``ValueError``) a file in ``idx_dir``, or a downloaded one, is not
-        the genuine MNIST file.
-      ValueError: a file that passed its checksum is not valid MNIST IDX data (possible only
-        with checksums other than tfds' registered ones, as in tests).
+      MnistChecksumError: (a ``ValueError``) the data in ``idx_dir``, or a downloaded file, is
+        not genuine MNIST. Nothing is created then.
+      ValueError: a damaged file in ``idx_dir``.
 
     Example::
 
       arrays = load_full_mnist(data_dir="~/tensorflow_datasets", download=True)
       train_images, train_labels = arrays["train"]
     """
+    if genuine is None and idx_dir is not None:
+        genuine = read_genuine_mnist(idx_dir)  # first: a refusal must come before tfds creates anything
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
     builder = GdJaxMnist(
-        data_dir=os.path.expanduser(os.fspath(data_dir)) if data_dir else None, file_format="array_record"
+        data_dir=os.path.expanduser(os.fspath(data_dir)) if data_dir else None,
+        file_format="array_record",
+        genuine=genuine,
     )
     # The existence test first: tfds' `is_prepared` logs a warning about a missing folder.
     if not (builder.data_path.exists() and builder.is_prepared()):
-        _prepare(builder, idx_dir=idx_dir, download=download)
-    return _read_prepared(builder)
+        _prepare(builder, download=download)
+    # Verified arrays are the prepared data already: no need to read them back.
+    return genuine if genuine is not None else _read_prepared(builder)
 
 
-def _prepare(builder: GdJaxMnist, *, idx_dir: str | os.PathLike | None, download: bool) -> None:
-    """Prepares the data from ``idx_dir`` or a download; refuses before any network access otherwise."""
+def _prepare(builder: GdJaxMnist, *, download: bool) -> None:
+    """Prepares the data from the builder's verified arrays or a download; refuses before any network access otherwise.
+
+    Folders tfds creates on the way (the data dir, ``downloads/extracted``, the dataset's
+    own) are removed again when they are left empty: a failure leaves nothing behind, and
+    a preparation from arrays leaves only the prepared data.
+    """
     import requests  # a tensorflow-datasets dependency; only its download errors are needed, only here
 
     where = f"full MNIST is not prepared in {os.fspath(builder.data_dir_root)!r}"
@@ -175,31 +197,25 @@ def _prepare(builder: GdJaxMnist, *, idx_dir: str | os.PathLike | None, download
             f"{os.fspath(builder.data_path)!r} is not a complete prepared dataset (an interrupted copy or "
             "preparation?); delete it and load again"
         )
-    manual_dir = None
-    if idx_dir is not None:
-        manual_dir = _check_idx_dir(os.path.expanduser(os.fspath(idx_dir)))
-    elif not download:
-        raise MnistNotFoundError(f"{where}; {_WAYS}")
-    else:
+    if builder._genuine is None:
+        if not download:
+            raise MnistNotFoundError(f"{where}; {_WAYS}")
         host = urllib.parse.urlparse(builder.URL).hostname or ""
         if (error := _unreachable(host)) is not None:
             raise MnistNotFoundError(f"{where} and cannot be downloaded: {host} is unreachable ({error}); {_WAYS}")
     config = tfds.download.DownloadConfig(
-        manual_dir=manual_dir,
         # Every file must have a registered checksum, and the prepared data never comes from GCS.
         force_checksums_validation=True,
         try_download_gcs=False,
     )
+    root = os.fspath(builder.data_dir_root)
+    made_by_tfds = [root, os.path.join(root, "downloads"), os.path.join(root, "downloads", "extracted"),
+                    os.path.dirname(os.fspath(builder.data_path))]
+    existed = {folder for folder in made_by_tfds if os.path.exists(folder)}
     try:
         builder.download_and_prepare(download_config=config)
     except NonMatchingChecksumError as e:
         name = next((n for n in GZ_FILES.values() if n in str(e)), "a file")
-        if manual_dir is not None:
-            raise MnistChecksumError(
-                f"{os.path.join(manual_dir, name)!r} is not the genuine MNIST file (its SHA-256 differs from "
-                "the one tensorflow-datasets registers); put the original file there, or read your own IDX "
-                "files without checksums with --dataset idx"
-            ) from None
         raise MnistChecksumError(
             f"the downloaded {name} does not match its registered SHA-256 (a corrupted download); "
             f"delete {os.fspath(builder.data_dir_root / 'downloads')!r} and download again"
@@ -207,25 +223,11 @@ def _prepare(builder: GdJaxMnist, *, idx_dir: str | os.PathLike | None, download
     except (tfds.download.DownloadError, requests.exceptions.RequestException) as e:
         reason = " ".join(str(e).split())  # one line, whatever the HTTP library wrote
         raise MnistNotFoundError(f"{where} and the download failed ({reason}); {_WAYS}") from None
-
-
-def _check_idx_dir(folder: str) -> str:
-    """Returns ``folder`` if it holds the four ``.gz`` files, else raises (tfds would download instead)."""
-    if not os.path.isdir(folder):
-        raise MnistNotFoundError(
-            f"--idx-dir folder not found: {folder!r}; pass the folder that holds the four MNIST .gz files"
-        )
-    for name in GZ_FILES.values():
-        if os.path.isfile(os.path.join(folder, name)):
-            continue
-        hint = (
-            "it holds the uncompressed file, but the registered checksums are those of the original .gz; "
-            "use the .gz as distributed, or --dataset idx to read it without checksums"
-            if os.path.isfile(os.path.join(folder, name[: -len(".gz")]))
-            else f"the folder must hold all four genuine MNIST files ({', '.join(GZ_FILES.values())})"
-        )
-        raise MnistNotFoundError(f"{name} not found in {folder!r}: {hint}")
-    return folder
+    finally:
+        for folder in reversed(made_by_tfds):  # deepest first
+            if folder not in existed:
+                with contextlib.suppress(OSError):  # not empty (it holds data now) or already gone
+                    os.rmdir(folder)
 
 
 def _unreachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> str | None:

@@ -1,0 +1,305 @@
+"""A trained network on a person's own digit images, prepared the way MNIST's digits were.
+
+MNIST's digits were made from scanned handwriting: each was cropped to its ink, scaled to fit
+a 20x20 box keeping its aspect ratio (anti-aliased, hence the grey levels), and placed in a
+28x28 field so that its centre of mass sits at the centre, light ink on a dark background.
+A network trained on them expects exactly that, so ``preprocess_digit`` does the same to any
+image (PNG, JPEG, any size, dark-on-light or light-on-dark):
+
+1. grey levels in [0, 1] (a transparent background: the opacity is the ink);
+2. polarity from the border: when its median is light, the image is inverted;
+3. background level removed (the border's median) and the ink scaled to peak at 1; faint
+   noise below ``NOISE_FLOOR`` of the peak dropped;
+4. cropped to the ink's bounding box, scaled to fit 20x20 (Lanczos, anti-aliased);
+5. pasted into 28x28 with its centre of mass at pixel (14, 14), as in MNIST (measured
+   on the official test set: mean centre of mass 13.99, 14.01).
+
+A 28x28 image is taken to be in MNIST's form already (``mode="auto"``): only its polarity is
+fixed, so a test digit written out as a PNG gives back exactly the activations it gives in
+memory. ``mode="mnist"`` runs every step on any image, ``mode="none"`` none of the geometric ones.
+
+Pillow is imported only when a file is read. (The module is not called ``predict``: a
+submodule of that name would replace the function ``gd.predict`` on the package once imported.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from gd_jax.analysis import PredictFn, output_activations
+from gd_jax.network import Params, layer_sizes
+from gd_jax.serialization import load_params
+
+__all__ = [
+    "MODES",
+    "ImagePredictions",
+    "TrainedNetwork",
+    "add_predict_arguments",
+    "load_trained_network",
+    "predict_images",
+    "preprocess_digit",
+    "read_grey_image",
+    "run_predict",
+]
+
+MODES = ("auto", "mnist", "none")
+SIDE = 28  # MNIST's field
+BOX = 20  # the box each digit was scaled to fit
+CENTRE = 14.0  # where MNIST's centres of mass sit (row, column)
+NOISE_FLOOR = 0.1  # ink below this fraction of the peak is background noise
+MIN_CONTRAST = 0.1  # a digit's ink must differ from the background by this much of the full scale
+# ITU-R 601 luma weights, as Pillow's "L" conversion uses.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+class TrainedNetwork(NamedTuple):
+    """A run folder's network: its parameters, neurons and saved settings."""
+
+    params: Params
+    activation: str
+    config: dict[str, Any]
+
+
+class ImagePredictions(NamedTuple):
+    """What the network says about each image.
+
+    Attributes:
+      digits: int ``(n,)``, the output neuron with the highest activation.
+      activations: float ``(n, n_classes)``, the output activations.
+      inputs: float32 ``(n, 784)``, the images as the network saw them (MNIST form, flattened).
+    """
+
+    digits: np.ndarray
+    activations: np.ndarray
+    inputs: np.ndarray
+
+
+def read_grey_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """An image file or array as grey levels in [0, 1], ``(rows, cols)`` float64, 1 = white.
+
+    Files are read with Pillow (PNG, JPEG and whatever else it reads), turned upright by
+    their EXIF orientation. An image with transparency is read as its opacity, inverted
+    (opaque strokes on a transparent background become dark ink on white). Arrays may be
+    ``(rows, cols)``, ``(rows, cols, 3)`` RGB or ``(rows, cols, 4)`` RGBA; integers are
+    taken as 0-255, floats as 0-1.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not an image, or an array of another shape.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        array = _read_file(os.fspath(source))
+        name = repr(os.fspath(source))
+    else:
+        array = np.asarray(source)
+        name = f"an array of shape {array.shape}"
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        array = array.astype(np.float64) / (1.0 if array.dtype == bool else 255.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    else:
+        raise ValueError(f"{name} holds {array.dtype} values; pass grey levels as integers 0-255 or floats 0-1")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if array.shape[2] == 4 and array[..., 3].min() < 1.0:
+            return 1.0 - array[..., 3]  # drawn strokes on a transparent background: opacity is the ink
+        array = array[..., :3] @ _LUMA
+    if array.ndim != 2 or min(array.shape) == 0:
+        raise ValueError(f"{name} is not a 2-D grey or RGB(A) image; pass (rows, cols) or (rows, cols, 3 or 4)")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values; pass grey levels in [0, 1]")
+    return np.clip(array, 0.0, 1.0)
+
+
+def _read_file(path: str) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path!r}; pass the path of a PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                return np.asarray(image.convert("RGBA"))
+            return np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"cannot read {path!r} as an image ({reason}); pass a PNG or JPEG file") from None
+
+
+def _resize(ink: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    from PIL import Image
+
+    if ink.shape == (rows, cols):
+        return ink
+    image = Image.fromarray(ink.astype(np.float32))  # mode "F": 32-bit float pixels
+    return np.clip(np.asarray(image.resize((cols, rows), Image.Resampling.LANCZOS), np.float64), 0.0, 1.0)
+
+
+def preprocess_digit(image: str | os.PathLike | np.ndarray, *, mode: str = "auto") -> np.ndarray:
+    """One image in MNIST's form: float32 ``(784,)``, light ink (1) on a dark background (0).
+
+    Args:
+      image: a file (PNG, JPEG, ...) or an array (see ``read_grey_image``).
+      mode: ``"auto"`` (28x28 images as they are, others the MNIST steps), ``"mnist"`` (the
+        steps in the module docstring for every image) or ``"none"`` (only the polarity; the
+        image must be 28x28).
+
+    Raises:
+      ValueError: an unknown mode, an unreadable file, an image with no visible ink, or a
+        non-28x28 image with ``mode="none"``.
+      FileNotFoundError: no such file.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {', '.join(MODES)}")
+    name = repr(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else "the image"
+    grey = read_grey_image(image)
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    background = float(np.median(border))
+    ink = 1.0 - grey if background > 0.5 else grey  # MNIST: light ink on dark
+    background = min(background, 1.0 - background)
+    peak = float(ink.max())
+    if peak - background < MIN_CONTRAST:
+        raise ValueError(
+            f"{name} shows no digit: all its pixels are within {MIN_CONTRAST:.0%} of the background's grey "
+            f"level; pass an image with a visible digit"
+        )
+    as_is = mode == "none" or (mode == "auto" and grey.shape == (SIDE, SIDE))
+    if as_is:
+        if grey.shape != (SIDE, SIDE):
+            raise ValueError(f"{name} is {grey.shape[0]}x{grey.shape[1]} pixels; mode 'none' needs 28x28 "
+                             "(use mode 'mnist' to scale and centre it)")
+        return ink.astype(np.float32).reshape(-1)
+    ink = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    ink[ink < NOISE_FLOOR] = 0.0
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = BOX / max(ink.shape)
+    digit = _resize(ink, max(1, round(ink.shape[0] * scale)), max(1, round(ink.shape[1] * scale)))
+    mass = digit.sum()
+    centre_row = (digit.sum(axis=1) @ np.arange(digit.shape[0])) / mass
+    centre_col = (digit.sum(axis=0) @ np.arange(digit.shape[1])) / mass
+    top = int(np.clip(round(CENTRE - centre_row), 0, SIDE - digit.shape[0]))
+    left = int(np.clip(round(CENTRE - centre_col), 0, SIDE - digit.shape[1]))
+    field = np.zeros((SIDE, SIDE))
+    field[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return field.astype(np.float32).reshape(-1)
+
+
+def predict_images(
+    params: Params,
+    images: Sequence[str | os.PathLike | np.ndarray],
+    *,
+    activation: str = "sigmoid",
+    mode: str = "auto",
+    predict_fn: PredictFn | None = None,
+) -> ImagePredictions:
+    """The network's digit for each image, after ``preprocess_digit``.
+
+    Every image is read and prepared before the network runs, so a bad one stops the call
+    before any result.
+
+    Args:
+      params: a network taking 784 inputs (e.g. ``load_trained_network(run).params``).
+      images: files or arrays.
+      activation: the neurons' non-linearity.
+      mode: see ``preprocess_digit``.
+      predict_fn: ``predict_fn(params, x) -> scores`` for a model other than gd_jax's MLP.
+
+    Example::
+
+      net = gd.load_trained_network("runs/textbook")
+      gd.predict_images(net.params, ["seven.png"], activation=net.activation).digits  # array([7])
+    """
+    if isinstance(images, (str, os.PathLike, np.ndarray)):
+        images = [images]
+    if not len(images):
+        raise ValueError("no images given; pass one or more PNG or JPEG files")
+    if predict_fn is None and layer_sizes(params)[0] != SIDE * SIDE:
+        raise ValueError(f"the network takes {layer_sizes(params)[0]} inputs, but images become {SIDE}x{SIDE} = "
+                         f"{SIDE * SIDE}; use a network trained on MNIST-shaped digits")
+    inputs = np.stack([preprocess_digit(image, mode=mode) for image in images])
+    activations = output_activations(params, jnp.asarray(inputs), activation=activation, predict_fn=predict_fn)
+    return ImagePredictions(activations.argmax(axis=-1), activations, inputs)
+
+
+def load_trained_network(run: str | os.PathLike) -> TrainedNetwork:
+    """A network from a ``gd-jax train`` run folder (its ``params.npz`` and ``config.json``).
+
+    Args:
+      run: the run folder, or a ``params.npz`` file itself (then with sigmoid neurons, the
+        default, unless a ``config.json`` lies beside it).
+
+    Raises:
+      FileNotFoundError: no such folder or file.
+      ValueError: the folder holds no ``params.npz`` (not a run folder), or a damaged one or
+        config.
+    """
+    path = os.fspath(run)
+    if os.path.isdir(path):
+        folder, params_path = path, os.path.join(path, "params.npz")
+        if not os.path.isfile(params_path):
+            raise ValueError(f"{path!r} is not a gd-jax run folder (it has no params.npz); pass the folder "
+                             "`gd-jax train` wrote (e.g. runs/<date-time>) or a params.npz file")
+    elif os.path.isfile(path):
+        folder, params_path = os.path.dirname(path) or ".", path
+    else:
+        raise FileNotFoundError(f"run folder not found: {path!r}; pass the folder `gd-jax train` wrote")
+    config: dict[str, Any] = {}
+    config_path = os.path.join(folder, "config.json")
+    if os.path.isfile(config_path):
+        try:
+            with open(config_path) as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{config_path!r} is not readable JSON ({e}); the run folder is damaged") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path!r} does not hold a run's settings (a JSON object)")
+    params = load_params(params_path)
+    return TrainedNetwork(params, str(config.get("activation", "sigmoid")), config)
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``gd-jax predict``'s arguments to ``parser`` (a sub-command's parser); returns it."""
+    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="PNG or JPEG files of single digits, any size, dark-on-light or light-on-dark")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: each image's digit and ten output activations")
+    parser.add_argument("--preprocess", choices=MODES, default="auto",
+                        help="auto (default): 28x28 images as they are, others cropped, scaled to 20x20 and "
+                             "centred by centre of mass as MNIST was made; mnist: that for every image; "
+                             "none: images must be 28x28")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Runs ``gd-jax predict`` on parsed arguments; returns the exit status.
+
+    Prints each image's digit and output activations (or one JSON object with ``--json``) and
+    returns 0; bad input (a wrong run folder, an unreadable or empty image) prints one line on
+    stderr, nothing on stdout, and returns 2.
+    """
+    try:
+        network = load_trained_network(args.run)
+        result = predict_images(network.params, args.images, activation=network.activation, mode=args.preprocess)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"gd-jax predict: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"run": args.run, "predictions": [
+            {"image": image, "digit": int(digit), "activations": [float(a) for a in scores]}
+            for image, digit, scores in zip(args.images, result.digits, result.activations)]}))
+        return 0
+    width = max(len(image) for image in args.images)
+    for image, digit, scores in zip(args.images, result.digits, result.activations):
+        listed = "  ".join(f"{k}:{a:.3f}" for k, a in enumerate(scores))
+        print(f"{image:<{width}}  {digit}   activations  {listed}")
+    return 0

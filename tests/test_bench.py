@@ -1,0 +1,239 @@
+"""``gd-jax bench``: FLOP counts against XLA's, every variant against gd_jax, the JSON's structure, comparisons.
+
+No test here compares a time with a threshold: times are only checked to be positive and
+consistent with each other (a median between its minimum and maximum).
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gd_jax as gd
+from gd_jax import bench
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+# A configuration small enough for a unit test that still runs every part: 600 rows with
+# batches of 32 leave a smaller last batch of 24, so the checks cover the epoch's tail.
+TINY = bench.BenchConfig(batch_sizes=(32,), rows=600, repeats=2, warmup=0, check_steps=3, textbook_batches=2,
+                         peak_size=64, per_example_batch=8, max_epochs=1, target_accuracy=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    return bench.run(TINY)
+
+
+@pytest.mark.parametrize("sizes,batch", [([784, 30, 10], 10), ([784, 30, 10], 1000), ([784, 100, 30, 10], 64)])
+def test_flop_count_matches_xla_cost_analysis(sizes, batch):
+    """The counted matrix-product FLOPs of a gradient step are XLA's own count less the small elementwise work."""
+    params = gd.init_mlp(jax.random.key(0), sizes)
+    x, y = jnp.ones((batch, sizes[0])), jnp.ones((batch, sizes[-1]))
+    analysis = jax.jit(jax.grad(gd.quadratic_cost)).lower(params, x, y).compile().cost_analysis()
+    xla_flops = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    ours = bench.mlp_flops_per_example(sizes) * batch
+    assert 0.97 * xla_flops <= ours <= xla_flops
+    assert bench.mlp_flops_per_example([784, 30, 10]) == 95_880  # 4 (23520 + 300) + 2 (300)
+
+
+def test_timing_summary_matches_numpy():
+    t = bench.Timing([0.30, 0.10, 0.20, 0.25, 0.40])
+    assert t.median == pytest.approx(np.median(t.seconds))
+    assert t.spread == pytest.approx((0.40 - 0.10) / (2 * np.median(t.seconds)))
+    assert t.to_dict()["min"] == 0.10 and t.to_dict()["max"] == 0.40
+
+
+def test_relative_error_is_the_difference_over_the_movement():
+    initial = [{"w": np.zeros((2, 2)), "b": np.zeros(2)}]
+    reference = [{"w": np.full((2, 2), 2.0), "b": np.ones(2)}]
+    variant = [{"w": np.full((2, 2), 2.0), "b": np.array([1.0, 1.5])}]
+    assert bench._relative_error(variant, reference, initial) == pytest.approx(0.5 / 2.0)
+    assert bench._relative_error(reference, reference, initial) == 0.0
+
+
+def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(tiny_result):
+    r = tiny_result
+    json.loads(json.dumps(r))  # JSON-ready as it is
+    assert r["schema"] == bench.SCHEMA_VERSION and r["variants"] == list(bench.VARIANTS)
+    for key in ("platform", "device_kind", "cpu_count", "versions", "environment"):
+        assert key in r["machine"]
+    assert r["machine"]["versions"]["jax"] == jax.__version__
+    assert r["peak"]["gflops"] > 0 and r["peak"]["flops"] == 2 * 64**3
+    [table] = r["batch_sizes"]
+    assert table["batch_size"] == 32 and table["steps_per_epoch"] == 19 and table["rows"] == 600
+    assert table["check_steps"] == 4  # three full mini-batches and the smaller last one
+    assert table["flops_per_epoch"] == 600 * 95_880
+    assert list(table["variants"]) == list(bench.VARIANTS)
+    for name, v in table["variants"].items():
+        if name == "torch" and not HAS_TORCH:
+            assert v["status"] == "skipped" and "torch" in v["reason"]
+            continue
+        assert v["status"] == "ok", (name, v)
+        if name == "matmul_floor":
+            assert v["check"] is None
+        else:  # the same parameters as gd_jax after the same mini-batches
+            assert v["check"]["passed"] and v["check"]["error"] <= bench.TOLERANCE and v["check"]["steps"] == 4, name
+        assert len(v["seconds"]) == TINY.repeats and v["min"] <= v["median"] <= v["max"]
+        models = 16 if name.startswith("gd_jax_sweep") else 1
+        assert v["models"] == models
+        assert v["seconds_per_model"] == pytest.approx(v["median"] / models)
+        assert v["examples_per_second"] == pytest.approx(models * 600 / v["median"])
+        assert v["gflops"] == pytest.approx(models * table["flops_per_epoch"] / v["median"] / 1e9)
+        assert v["fraction_of_peak"] == pytest.approx(v["gflops"] / r["peak"]["gflops"])
+        assert v["gd_jax_speedup"] == pytest.approx(v["seconds_per_model"] / table["variants"]["gd_jax"]["median"])
+        assert v["peak_rss_bytes"] > 0
+    assert table["variants"]["gd_jax"]["check"]["error"] == 0.0  # the reference itself
+    assert table["variants"]["optax"]["check"]["error"] < 1e-6  # optax.sgd: the same floats
+    assert table["variants"]["gd_jax"]["compile_seconds"] > 0
+    assert "extrapolated from 2 of 19" in table["variants"]["textbook_numpy"]["note"]
+
+
+def test_per_example_gradients_and_permutation_are_measured(tiny_result):
+    pe = tiny_result["per_example_gradients"]
+    assert pe["batch"] == 8 and pe["check"]["passed"]
+    assert pe["vmap_over_batch"] == pytest.approx(pe["vmap_grad"]["median"] / pe["batch_grad"]["median"])
+    perm = tiny_result["permutation"]
+    assert perm["rows"] == 600 and perm["device_permutation"]["median"] > 0
+    assert perm["host_shuffled_order_and_transfer"]["median"] > 0
+
+
+def test_time_to_accuracy_follows_the_same_run_in_every_library(tiny_result):
+    """Same initial parameters, same batch orders: after one epoch the libraries agree on the accuracy."""
+    tta = tiny_result["time_to_accuracy"]
+    assert tta["target"] == 0.5 and tta["dataset"] == "sample" and tta["max_epochs"] == 1
+    names = ["gd_jax", "vectorized_numpy"] + (["torch"] if HAS_TORCH else [])
+    accuracies = [tta[name]["accuracy"][0] for name in names]
+    assert max(accuracies) - min(accuracies) <= 0.005
+    for name in names:
+        r = tta[name]
+        assert r["reached"] == (accuracies[0] >= 0.5)
+        if r["reached"]:
+            assert r["epochs"] == 1 and r["seconds"] == r["wall_seconds"][0] > 0
+    assert tta["gd_jax"]["compile_seconds"] > 0
+
+
+def test_targets_are_ratios_of_the_measured_medians(tiny_result):
+    targets = {t["target"]: t for t in tiny_result["targets"]}
+    v = tiny_result["batch_sizes"][0]["variants"]
+    numpy_target = targets["bs 32: gd_jax speed-up over vectorized_numpy"]
+    assert numpy_target["value"] == pytest.approx(v["vectorized_numpy"]["median"] / v["gd_jax"]["median"])
+    assert numpy_target["met"] == (numpy_target["value"] >= 1.5)
+    sweep = targets["bs 32: gd_jax_sweep16 throughput over 16 sequential gd_jax epochs"]
+    assert sweep["value"] == pytest.approx(16 * v["gd_jax"]["median"] / v["gd_jax_sweep16"]["median"])
+    assert "bs 32: |optax / gd_jax - 1|" in targets
+    assert bench.format_table(tiny_result).count("\n") > 15
+
+
+def _wrong_numpy(problem):
+    """vectorized_numpy with a learning rate 1% too large: a variant that is fast because it is wrong."""
+    return bench._build_vectorized_numpy(dataclasses.replace(
+        problem, config=dataclasses.replace(problem.config, learning_rate=problem.config.learning_rate * 1.01)))
+
+
+def test_a_variant_that_computes_another_epoch_is_reported_wrong_and_kept_out_of_ratios(monkeypatch):
+    monkeypatch.setitem(bench._BUILDERS, "vectorized_numpy", _wrong_numpy)
+    config = dataclasses.replace(TINY, variants=("gd_jax", "vectorized_numpy"), time_to_accuracy=False,
+                                 per_example_batch=0)
+    r = bench.run(config)
+    v = r["batch_sizes"][0]["variants"]["vectorized_numpy"]
+    assert v["status"] == "wrong" and not v["check"]["passed"] and v["check"]["error"] > bench.TOLERANCE
+    assert v["gd_jax_speedup"] is None
+    assert not any("vectorized_numpy" in t["target"] for t in r["targets"])
+
+
+def _result(medians: dict[str, tuple[float, float]]) -> dict:
+    """A result with one batch size: variant -> (median, spread)."""
+    return {"batch_sizes": [{"batch_size": 10, "variants": {
+        name: {"status": "ok", "median": m, "spread": s} for name, (m, s) in medians.items()}}]}
+
+
+def test_compare_flags_only_slowdowns_beyond_the_noise():
+    old = _result({"gd_jax": (1.0, 0.02), "torch": (1.0, 0.10), "optax": (1.0, 0.01), "naive_jax": (1.0, 0.01)})
+    new = _result({"gd_jax": (1.2, 0.02), "torch": (1.15, 0.10), "optax": (0.8, 0.01), "naive_jax": (1.04, 0.0)})
+    rows = {r["variant"]: r for r in bench.compare_results(old, new)}
+    assert rows["gd_jax"]["slowed"] and rows["gd_jax"]["change"] == pytest.approx(0.2)
+    assert not rows["torch"]["slowed"]  # 15% slower, but the two runs' noise is 20%
+    assert not rows["optax"]["slowed"]  # faster
+    assert not rows["naive_jax"]["slowed"]  # 4%: within the 5% every shared machine drifts
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    bench.add_bench_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_options_build_the_config_quick_first():
+    config = bench.config_from_args(_parse(["--quick", "--batch-sizes", "7,9", "--sizes", "784,16,10"]))
+    assert config.quick and config.batch_sizes == (7, 9) and config.sizes == (784, 16, 10)
+    assert config.rows == bench.QUICK["rows"] and config.repeats == bench.QUICK["repeats"]
+    assert bench.config_from_args(_parse([])) == bench.BenchConfig()
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"batch_sizes": (0,)}, "batch sizes must be integers between 1 and rows"),
+    ({"batch_sizes": (601,), "rows": 600}, r"between 1 and rows \(600\), got \[601\]"),
+    ({"variants": ("gd_jax", "jaxx")}, r"unknown variants \['jaxx'\]"),
+    ({"cost": "hinge"}, "unknown cost 'hinge'"),
+    ({"learning_rate": math.nan}, "learning_rate must be a positive finite number, got nan"),
+    ({"repeats": 0}, "repeats must be an integer >= 1, got 0"),
+    ({"sizes": (784, 0, 10)}, r"sizes must be two or more positive integers, got \[784, 0, 10\]"),
+    ({"device": "quantum"}, "unknown device 'quantum'"),
+    ({"target_accuracy": 1.5}, r"target accuracy must be in \(0, 1\], got 1.5"),
+])
+def test_bad_configurations_are_refused_with_the_fix(change, match):
+    with pytest.raises(ValueError, match=match):
+        bench.run(dataclasses.replace(TINY, **change))
+
+
+def test_a_missing_backend_and_unwritable_outputs_are_refused_before_measuring(tmp_path):
+    missing = next((d for d in ("tpu", "gpu") if not _has_backend(d)), None)
+    if missing:
+        with pytest.raises(ValueError, match=f"--device {missing}: JAX has no {missing} backend here"):
+            bench.run(dataclasses.replace(TINY, device=missing))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        bench.run_bench(_parse(["--json", str(tmp_path / "no" / "such" / "r.json")]))
+    with pytest.raises(ValueError, match="the data has 784 features but the network's input layer has 100"):
+        bench.run(dataclasses.replace(TINY, sizes=(100, 10)))
+
+
+def _has_backend(name: str) -> bool:
+    try:
+        jax.devices(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-sizes", "0"], "batch sizes must be integers between 1 and rows (60000), got [0]"),
+    (["--variants", "gd_jax,numpyy"], "unknown variants ['numpyy']"),
+    (["--json", "/no/such/folder/r.json"], "--json folder '/no/such/folder' does not exist"),
+])
+def test_the_command_prints_one_line_and_exits_2_on_bad_options(argv, message, capsys):
+    assert bench.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err and captured.out == ""
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
+    """``gd-jax bench --quick`` as CI runs it: every variant present, checked, and written."""
+    out = tmp_path / "quick.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "batch size 10:" in printed and "batch size 128:" in printed and "targets:" in printed
+    r = json.loads(out.read_text())
+    assert r["config"]["quick"] and [t["batch_size"] for t in r["batch_sizes"]] == [10, 128]
+    for table in r["batch_sizes"]:
+        assert list(table["variants"]) == list(bench.VARIANTS)
+        for name, v in table["variants"].items():
+            assert v["status"] == ("skipped" if name == "torch" and not HAS_TORCH else "ok"), (name, v)
+    assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,83 @@
+"""``.ci/run`` installs each version set in a folder of its own and runs the right suite there.
+
+The script runs for real, on a copy of the repository's ``.ci`` folder, with a stand-in Python
+that records every command instead of installing anything: what it was asked to create, install
+and run, and what it left of a developer's own ``.venv``, are then plain facts to assert.
+"""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A stand-in for python3: `-c` (the version check) succeeds, `-m venv DIR` makes DIR/bin/python a
+# copy of this stand-in, and every call is appended to $CI_LOG as one shell-quoted line.
+STAND_IN = """#!/usr/bin/env bash
+{ printf '%q ' "$0" "$@"; echo; } >> "$CI_LOG"
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+exit 0
+"""
+
+
+@pytest.fixture
+def ci_copy(tmp_path):
+    """A repository with this one's .ci folder, a developer's .venv holding a file, and the stand-in."""
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    for name in ("run", "constraints.txt", "floor.txt"):
+        (repo / ".ci" / name).write_bytes((ROOT / ".ci" / name).read_bytes())
+    (repo / ".venv").mkdir()
+    (repo / ".venv" / "mine").write_text("a developer's own environment")
+    stand_in = tmp_path / "python3"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    return repo, stand_in, tmp_path / "ci.log"
+
+
+def _run(repo, stand_in, log):
+    env = {**os.environ, "PYTHON": str(stand_in), "CI_LOG": str(log)}
+    return subprocess.run(["bash", str(repo / ".ci" / "run")], env=env, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_ci_keeps_the_developers_venv_and_uses_its_own_folder(ci_copy):
+    repo, stand_in, log = ci_copy
+    done = _run(repo, stand_in, log)
+    assert done.returncode == 0, done.stderr
+    assert (repo / ".venv" / "mine").read_text() == "a developer's own environment"
+    calls = [shlex.split(line) for line in log.read_text().splitlines()]
+    made = [call[3] for call in calls if call[1:3] == ["-m", "venv"]]
+    assert made == [".ci/venvs/tested", ".ci/venvs/floor"]
+    assert sorted(p.name for p in (repo / ".ci" / "venvs").iterdir()) == ["floor", "tested"]
+
+
+def test_ci_installs_each_version_set_and_runs_its_suite(ci_copy):
+    repo, stand_in, log = ci_copy
+    assert _run(repo, stand_in, log).returncode == 0
+    by_venv: dict[str, list[list[str]]] = {}
+    for line in log.read_text().splitlines():
+        program, *args = shlex.split(line)
+        for name in ("tested", "floor"):
+            if program.endswith(f".ci/venvs/{name}/bin/python"):
+                by_venv.setdefault(name, []).append(args)
+    installs = {name: [a for a in calls if a[:3] == ["-m", "pip", "install"]] for name, calls in by_venv.items()}
+    assert installs["tested"] == [["-m", "pip", "install", "--quiet", "--constraint", ".ci/constraints.txt",
+                                   "-e", ".[test]"]]
+    assert installs["floor"] == [["-m", "pip", "install", "--quiet", "--constraint", ".ci/floor.txt", "-e", ".[test]"]]
+    suites = {name: [a for a in calls if a[:2] == ["-m", "pytest"]] for name, calls in by_venv.items()}
+    assert suites == {"tested": [["-m", "pytest"]], "floor": [["-m", "pytest", "-m", "not slow"]]}
+
+
+def test_ci_refuses_a_python_older_than_3_11(ci_copy, tmp_path):
+    repo, _, log = ci_copy
+    old = tmp_path / "python-old"
+    old.write_text("#!/usr/bin/env bash\nif [ \"$1\" = --version ]; then echo 'Python 3.10.0'; fi\nexit 1\n")
+    old.chmod(0o755)
+    done = _run(repo, old, log)
+    assert done.returncode == 2 and "older than 3.11; set PYTHON" in done.stderr
+    assert not (repo / ".ci" / "venvs").exists() and (repo / ".venv" / "mine").exists()
+
