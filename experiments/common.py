@@ -341,12 +341,20 @@ def setup_lines(setup: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open`` would give a new file (mkstemp's own is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -383,6 +391,7 @@ def write_results(out: str, results: dict[str, Any], markdown: str, figures: dic
         os.close(fd)
         try:
             draw(tmp)
+            os.chmod(tmp, _umask_mode())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
