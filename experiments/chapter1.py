@@ -19,7 +19,7 @@ N(0, 1/n_in) (``scaled-init``) and the cross-entropy cost, eta 0.5 (``cross-entr
 
 Writes ``results.md`` (ours beside the published figures, a table per configuration, the stalls
 explained), ``results.json`` (every curve and measurement) and ``accuracy.png`` (test accuracy per
-epoch, one line per seed).
+epoch, one line per seed), rewritten after each group of configurations.
 
 Run: ``python experiments/chapter1.py --idx-dir ../shared/data/mnist-full [--seeds 10] [--remedies]``
 """
@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"(min {common.pct(s['peak']['min'])}, max {common.pct(s['peak']['max'])}), "
                   f"stalled {s['stalled']}/{s['seeds']}", flush=True)
             i += n
-    common.write_results(args.out, results, markdown(results), {"accuracy.png": lambda p: plot(results, p)})
+        # Written after each group, so that an interrupted run keeps the groups it finished.
+        common.write_results(args.out, results, markdown(results), {"accuracy.png": lambda p: plot(results, p)})
 
 
 if __name__ == "__main__":
