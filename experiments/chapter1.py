@@ -311,7 +311,7 @@ def markdown(results: dict[str, Any]) -> str:
         "(it never votes for its digit).",
         "",
         *common.setup_lines(meta),
-        "| configuration | published peak | ours: peak test accuracy " + common.STATS_HEADER[1:]
+        "| configuration | published peak | ours: peak test accuracy " + common.STATS_HEADER[2:]
         + " final test accuracy | peak validation accuracy | stalled seeds |",
         "| :--- | ---: " + common.STATS_RULE + " ---: | ---: | ---: |",
     ]

@@ -132,7 +132,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# Experiment 2: chapter 3 over seeds", "", *common.setup_lines(results["setup"]),
              "Cross-entropy cost throughout, mini-batches of 10, test accuracy after every epoch; *peak* is the best "
              f"epoch, *early stopping* the test accuracy of the best-validation epoch with patience {PATIENCE}.", "",
-             "| configuration | published | ours: peak " + common.STATS_HEADER[1:] + " final | early stopping | "
+             "| configuration | published | ours: peak " + common.STATS_HEADER[2:] + " final | early stopping | "
              "seeds | epochs |", "| :--- | ---: " + common.STATS_RULE + " ---: | ---: | ---: | ---: |"]
     for name, b in results["configs"].items():
         c = b["config"]

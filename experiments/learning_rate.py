@@ -61,7 +61,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"[784, 30, 10], quadratic cost, N(0, 1) weights, mini-batches of 10, {s['epochs']} epochs, {s['seeds']} "
              f"seed(s) per eta, {len(results['rates'])} learning rates as one compiled program ({s['seconds']:.0f} s "
              f"of training). *Good*: mean final test accuracy within {100 * GOOD_WITHIN:.0f} points of the best eta.",
-             "", "| eta | regime | final test accuracy " + common.STATS_HEADER[1:] + " peak test accuracy | "
+             "", "| eta | regime | final test accuracy " + common.STATS_HEADER[2:] + " peak test accuracy | "
              "training cost at the end | published peak |",
              "| ---: | :--- " + common.STATS_RULE + " ---: | ---: | ---: |"]
     for r in results["rates"]:
