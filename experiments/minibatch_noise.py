@@ -124,8 +124,8 @@ def markdown(results: dict[str, Any]) -> str:
     ratios = [e["ratio"] for s in results["snapshots"] for e in s["errors"]]
     lines += ["", "## Mini-batch error against the theory tr Σ / m · (N - m)/(N - 1)", "",
               f"Measured / predicted mean squared error over every snapshot and batch size: from {min(ratios):.3f} "
-              f"to {max(ratios):.3f} (mean {np.mean(ratios):.3f}); with {results['setup']['samples']} samples "
-              "the standard error of a mean is a few percent (per row below).", ""]
+              f"to {max(ratios):.3f} (mean {np.mean(ratios):.3f}), each from {results['setup']['samples']} random "
+              "mini-batches (the tables below give each mean's standard error).", ""]
     for s in results["snapshots"]:
         lines += [f"### After epoch {s['epoch']}", "",
                   "| m | measured E‖g_B - g‖² | ± s.e. | theory | measured / theory | relative error ‖g_B - g‖/‖g‖ |",
