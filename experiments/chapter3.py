@@ -151,22 +151,29 @@ def markdown(results: dict[str, Any]) -> str:
     h = results["configs"].get("halving-30")
     f = results["configs"].get("scaled-l2-30")
     if h and f:
+        scales = h["curves"]["learning_rate_scale"]
         lines += ["", "## Halving schedule against a fixed eta", "",
                   f"Fixed eta 0.5, 30 epochs: peak {common.pct(f['peak']['mean'])}, "
                   f"final {common.pct(f['final']['mean'])}. "
                   f"Halving: peak {common.pct(h['peak']['mean'])}, final {common.pct(h['final']['mean'])}, after "
-                  f"{value_range(h['epochs_run'])} epochs (the schedule stops at eta/128)."]
+                  f"{value_range(h['epochs_run'])} epochs, its learning rate by then "
+                  f"{value_range([f'1/{round(1 / s)}' if s else 'stopped' for s in np.asarray(scales)[:, -1]])} "
+                  f"of its start (the schedule stops at 1/128, or at {h['config']['epochs']} epochs)."]
     o, ol = results["configs"].get("overfit-1000"), results["configs"].get("overfit-1000-l2")
     if o and ol:
-        gap = lambda b: np.mean(b["curves"]["train_accuracy"][:, -1] - b["curves"]["test_accuracy"][:, -1])  # noqa: E731
+        gap = lambda b: np.mean(np.asarray(b["curves"]["train_accuracy"])[:, -1]  # noqa: E731
+                                - np.asarray(b["curves"]["test_accuracy"])[:, -1])
         lines += ["", "## Overfitting on 1,000 digits", "",
                   f"At the end, training accuracy exceeds test accuracy by {100 * gap(o):.1f} points without L2 and "
                   f"{100 * gap(ol):.1f} points with lambda 0.1."]
     return "\n".join(lines)
 
 
-def value_range(values: list[int]) -> str:
-    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+def value_range(values: list) -> str:
+    """``a`` when all values are equal, else ``a-b`` (smallest and largest; strings as listed)."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return f"{min(values)}-{max(values)}" if all(isinstance(v, int) for v in values) else ", ".join(map(str, values))
 
 
 def _band(ax, curves: np.ndarray, color: str, label: str, start: int = 1) -> None:
