@@ -13,8 +13,6 @@ import os
 import re
 from pathlib import Path
 
-import os
-
 import jax
 import pytest
 
