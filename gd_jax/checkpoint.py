@@ -4,8 +4,8 @@ A checkpoint is one ``.npz`` file, ``epoch-000005.npz`` for the state after epoc
 (``epoch-000000.npz`` is the initial state), holding
 
 - every array of the ``TrainState``: the parameters and the optimizer state (gd_jax's own
-  ``SgdState`` or any optax state), named by their place in the tree, e.g.
-  ``state/params/0/w`` or ``state/opt_state/trace/1/b``, readable by numpy alone;
+  ``sgd`` state, laid out as optax's, or any optax state), named by their place in the tree, e.g.
+  ``state/params/0/w`` or ``state/opt_state/0/trace/1/b``, readable by numpy alone;
 - the PRNG key that every shuffle derives from (its raw data and its implementation);
 - a JSON manifest: the epoch, the history, the run's config, the network's layer sizes and,
   for every array, its shape, dtype and SHA-256.

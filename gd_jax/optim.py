@@ -99,7 +99,9 @@ def _value_key(value: Any) -> Any:
 
 
 class _Rule:
-    """A transformation's hyperparameters (dataclass fields) with its ``init`` and ``update`` methods.
+    """A transformation's hyperparameters (the fields of a frozen dataclass subclass), whose
+    ``init(params)`` and ``update(updates, state, params=None, **extra_args)`` methods the
+    subclass defines.
 
     Equality and hashing go by ``_value_key`` of every field, so that equal optimizers built
     apart share a compiled program; ``transformation()`` wraps the rule in optax's protocol type.
@@ -115,12 +117,6 @@ class _Rule:
 
     def __hash__(self) -> int:
         return hash(self._key())
-
-    def init(self, params: PyTree) -> PyTree:
-        raise NotImplementedError
-
-    def update(self, updates: PyTree, state: PyTree, params: PyTree = None, **extra_args: Any):
-        raise NotImplementedError
 
     def transformation(self) -> optax.GradientTransformationExtraArgs:
         return optax.GradientTransformationExtraArgs(_Init(self), _Update(self))

@@ -7,6 +7,8 @@ and asserts identical parameters and optimizer states (structure, dtypes and eve
 
 import functools
 import math
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -565,3 +567,23 @@ def test_scale_keeps_low_precision_updates_in_their_dtype():
     updates, _ = opt.update(params, opt.init(params)._replace(scale=jnp.float32(0.5)), params)
     reference, _ = optax.sgd(1.5).update(params, optax.sgd(1.5).init(params), params)
     _assert_same(updates, reference)
+
+
+def test_readme_optimizers_example_runs_and_each_optimizer_trains(small_train):
+    """The README's Optimizers block, run as written; each optimizer then takes real steps like optax's."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Optimizers"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert float(namespace["state"].scale) == 0.5
+    references = [
+        optax.sgd(3.0, momentum=0.9, nesterov=True),
+        optax.sgd(optax.exponential_decay(3.0, 500, 0.5)),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=3.0, momentum=0.9),
+        optax.sgd(3.0, momentum=0.9, accumulator_dtype=jnp.bfloat16),
+        optax.chain(optax.add_decayed_weights(5.0 / 5000, _weights_only(namespace["params"])), optax.sgd(0.5)),
+    ]
+    assert len(namespace["optimizers"]) == len(references)
+    for ours, theirs in zip(namespace["optimizers"], references):
+        _assert_same(_run(ours, namespace["params"], small_train, 3), _run(theirs, namespace["params"], small_train, 3))
