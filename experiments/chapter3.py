@@ -132,7 +132,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["# Experiment 2: chapter 3 over seeds", "", *common.setup_lines(results["setup"]),
              "Cross-entropy cost throughout, mini-batches of 10, test accuracy after every epoch; *peak* is the best "
              f"epoch, *early stopping* the test accuracy of the best-validation epoch with patience {PATIENCE}.", "",
-             "| configuration | published | ours: peak " + common.STATS_HEADER[1:] + " final | early stopping | "
+             "| configuration | published | ours: peak " + common.STATS_HEADER[2:] + " final | early stopping | "
              "seeds | epochs |", "| :--- | ---: " + common.STATS_RULE + " ---: | ---: | ---: | ---: |"]
     for name, b in results["configs"].items():
         c = b["config"]
@@ -151,22 +151,29 @@ def markdown(results: dict[str, Any]) -> str:
     h = results["configs"].get("halving-30")
     f = results["configs"].get("scaled-l2-30")
     if h and f:
+        scales = h["curves"]["learning_rate_scale"]
         lines += ["", "## Halving schedule against a fixed eta", "",
                   f"Fixed eta 0.5, 30 epochs: peak {common.pct(f['peak']['mean'])}, "
                   f"final {common.pct(f['final']['mean'])}. "
                   f"Halving: peak {common.pct(h['peak']['mean'])}, final {common.pct(h['final']['mean'])}, after "
-                  f"{value_range(h['epochs_run'])} epochs (the schedule stops at eta/128)."]
+                  f"{value_range(h['epochs_run'])} epochs, its learning rate by then "
+                  f"{value_range([f'1/{round(1 / s)}' if s else 'stopped' for s in np.asarray(scales)[:, -1]])} "
+                  f"of its start (the schedule stops at 1/128, or at {h['config']['epochs']} epochs)."]
     o, ol = results["configs"].get("overfit-1000"), results["configs"].get("overfit-1000-l2")
     if o and ol:
-        gap = lambda b: np.mean(b["curves"]["train_accuracy"][:, -1] - b["curves"]["test_accuracy"][:, -1])  # noqa: E731
+        gap = lambda b: np.mean(np.asarray(b["curves"]["train_accuracy"])[:, -1]  # noqa: E731
+                                - np.asarray(b["curves"]["test_accuracy"])[:, -1])
         lines += ["", "## Overfitting on 1,000 digits", "",
                   f"At the end, training accuracy exceeds test accuracy by {100 * gap(o):.1f} points without L2 and "
                   f"{100 * gap(ol):.1f} points with lambda 0.1."]
     return "\n".join(lines)
 
 
-def value_range(values: list[int]) -> str:
-    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+def value_range(values: list) -> str:
+    """``a`` when all values are equal, else ``a-b`` (smallest and largest; strings as listed)."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return f"{min(values)}-{max(values)}" if all(isinstance(v, int) for v in values) else ", ".join(map(str, values))
 
 
 def _band(ax, curves: np.ndarray, color: str, label: str, start: int = 1) -> None:
@@ -246,13 +253,13 @@ def plot_pair(results: dict[str, Any], path: str, names: tuple[str, str], title:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--seeds", type=int, help="seeds per configuration (default 3; --quick: 1)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations: "
                         + ", ".join(c.name for c in CONFIGS))
     args = common.parse(parser, argv, "chapter3")
-    args.seeds = args.seeds or (1 if args.quick else 3)
+    args.seeds = (1 if args.quick else 3) if args.seeds is None else args.seeds
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     names = [c.name for c in CONFIGS]

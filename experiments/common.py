@@ -50,10 +50,11 @@ class Data(NamedTuple):
 
 
 class Member(NamedTuple):
-    """One network of a group trained together: its seed and learning rate."""
+    """One network of a group trained together: its seed, learning rate and L2 strength."""
 
     seed: int
     learning_rate: float
+    lmbda: float = 0.0  # the textbook's L2 regularisation, lambda/(2n) sum w^2 with n the training-set size
 
 
 class GroupRun(NamedTuple):
@@ -123,7 +124,8 @@ def train_models(
     Args:
       sizes: the layer sizes shared by all members.
       members: one ``Member(seed, learning_rate)`` per network.
-      cost: ``cost(params, x, y_onehot)`` (bind L2 with ``gd.with_l2``).
+      cost: ``cost(params, x, y_onehot)``, unregularised: each member adds its own L2 term
+        ``lmbda/(2n) sum w^2`` (``gd.with_l2``'s, with a per-member lambda).
       init: ``"normal"`` (chapter 1) or ``"scaled"`` (chapter 3).
       batch_size: mini-batch size (the last batch of an epoch may be smaller, as in ``fit``).
       epochs: epochs to train.
@@ -147,32 +149,37 @@ def train_models(
     keys = [seed_keys(m.seed) for m in members]
     params = stack([gd.init_mlp(k[0], list(sizes), init) for k in keys])
     rates = np.array([m.learning_rate for m in members], dtype=np.float32)
+    lmbdas = jnp.array([m.lmbda for m in members], dtype=jnp.float32)
 
-    def one_epoch(p, rate, order, x, y):
+    def regularised(lmbda):  # gd.with_l2(cost, lmbda, n), written out so that lmbda may be traced
+        return lambda p, x, y: cost(p, x, y) + (lmbda / n) * gd.l2_penalty(p)
+
+    def one_epoch(p, rate, lmbda, order, x, y):
         optimizer = gd.sgd(rate)  # a per-member learning rate: a traced scalar under vmap
-        epoch = gd.make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes)
+        epoch = gd.make_epoch(regularised(lmbda), optimizer, batch_size=batch_size, n_classes=n_classes)
         state, finite = epoch(gd.TrainState(p, optimizer.init(p)), x, y, order)
         return state.params, finite
 
-    measure = jax.vmap(lambda p, x, y: _measure(p, x, y, cost=cost, n_classes=n_classes), in_axes=(0, None, None))
+    measure = jax.vmap(lambda p, lmbda, x, y: _measure(p, x, y, cost=regularised(lmbda), n_classes=n_classes),
+                       in_axes=(0, 0, None, None))
     sets = {"train": (x, y)} | {name: (jnp.asarray(d.x), jnp.asarray(d.y)) for name, d in evals.items()}
 
-    def measure_all(p, sets):
+    def measure_all(p, lmbdas, sets):
         out = {}
         for name, (sx, sy) in sets.items():
-            out[f"{name}_cost"], out[f"{name}_accuracy"] = measure(p, sx, sy)
+            out[f"{name}_cost"], out[f"{name}_accuracy"] = measure(p, lmbdas, sx, sy)
         if probe is not None:
             out["probe"] = jax.vmap(probe, in_axes=(0, None, None))(p, *sets[probe_on])
         return out
 
     orders = lambda e: np.stack([gd.shuffled_order(jax.random.fold_in(k[1], e), n) for k in keys])  # noqa: E731
     start = time.perf_counter()
-    epoch_fn = jax.jit(jax.vmap(one_epoch, in_axes=(0, 0, 0, None, None))).lower(
-        params, rates, orders(0), x, y).compile()
-    measure_fn = jax.jit(measure_all).lower(params, sets).compile()
+    epoch_fn = jax.jit(jax.vmap(one_epoch, in_axes=(0, 0, 0, 0, None, None))).lower(
+        params, rates, lmbdas, orders(0), x, y).compile()
+    measure_fn = jax.jit(measure_all).lower(params, lmbdas, sets).compile()
     compile_seconds = time.perf_counter() - start
 
-    first = jax.device_get(measure_fn(params, sets))
+    first = jax.device_get(measure_fn(params, lmbdas, sets))
     probes = [first.pop("probe", None)]
     initial = {k: np.asarray(v) for k, v in first.items()}
     curves: dict[str, list] = {k: [] for k in initial}
@@ -185,10 +192,10 @@ def train_models(
     seconds = 0.0
     for e in range(epochs):
         start = time.perf_counter()
-        params, _ = epoch_fn(params, rates * scale, orders(e), x, y)
+        params, _ = epoch_fn(params, rates * scale, lmbdas, orders(e), x, y)
         jax.block_until_ready(params)
         seconds += time.perf_counter() - start
-        m = jax.device_get(measure_fn(params, sets))
+        m = jax.device_get(measure_fn(params, lmbdas, sets))
         probes.append(m.pop("probe", None))
         for k, v in m.items():
             curves[k].append(np.asarray(v))
@@ -246,6 +253,14 @@ STATS_RULE = "| ---: | ---: | ---: | ---: |"
 
 
 # --- command line, data, output --------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad value is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idx-dir", help="full MNIST: a folder with the four MNIST IDX files (default: the "
@@ -326,12 +341,20 @@ def setup_lines(setup: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open`` would give a new file (mkstemp's own is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -368,6 +391,7 @@ def write_results(out: str, results: dict[str, Any], markdown: str, figures: dic
         os.close(fd)
         try:
             draw(tmp)
+            os.chmod(tmp, _umask_mode())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

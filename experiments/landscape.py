@@ -92,10 +92,12 @@ def rosenbrock(steps: int) -> dict[str, Any]:
     runs = []
     for eta, momentum in settings:
         path = descend(rosenbrock_cost, ROSENBROCK_START, learning_rate=eta, steps=steps, momentum=momentum)
+        stride = max(1, steps // 1000)  # results.json keeps every stride-th point (the last one too)
         finite = np.all(np.isfinite(path), axis=1)
         last = path[finite][-1]
-        runs.append({"learning_rate": eta, "momentum": momentum, "path": path,
-                     "final_point": last.tolist(), "final_cost": float(rosenbrock_cost(jnp.asarray(last))),
+        runs.append({"learning_rate": eta, "momentum": momentum, "path": np.concatenate([path[:-1:stride], path[-1:]]),
+                     "path_stride": stride, "final_point": last.tolist(),
+                     "final_cost": float(rosenbrock_cost(jnp.asarray(last))),
                      "final_distance_to_minimum": float(np.linalg.norm(last - 1)),
                      "diverged": bool(not finite.all() or np.linalg.norm(last) > 1e3),
                      "steps_to_within_0.1": int(np.argmax(np.linalg.norm(path - 1, axis=1) < 0.1))
@@ -251,14 +253,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--epochs", type=int, help="epochs of the textbook run the slice is drawn around (default "
                         "30; --quick: 2)")
     parser.add_argument("--grid", type=int, help="points per side of the slice (default 41; --quick: 11)")
     args = common.parse(parser, argv, "landscape")
-    args.epochs = args.epochs or (2 if args.quick else 30)
-    args.grid = args.grid or (11 if args.quick else 41)
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
+    args.grid = (11 if args.quick else 41) if args.grid is None else args.grid
     if args.epochs < 1 or args.grid < 3:
         parser.error(f"--epochs must be >= 1 and --grid >= 3, got {args.epochs} and {args.grid}")
     return args

@@ -33,13 +33,13 @@ GOOD_WITHIN = 0.02  # two points of accuracy
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser)
     parser.add_argument("--seeds", type=int, help="seeds per learning rate (default 3; --quick: 1)")
     parser.add_argument("--epochs", type=int, help="epochs (default 30; --quick: 2)")
     args = common.parse(parser, argv, "learning_rate")
-    args.seeds = args.seeds or (1 if args.quick else 3)
-    args.epochs = args.epochs or (2 if args.quick else 30)
+    args.seeds = (1 if args.quick else 3) if args.seeds is None else args.seeds
+    args.epochs = (2 if args.quick else 30) if args.epochs is None else args.epochs
     if args.seeds < 1 or args.epochs < 1:
         parser.error(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")
     return args
@@ -61,7 +61,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"[784, 30, 10], quadratic cost, N(0, 1) weights, mini-batches of 10, {s['epochs']} epochs, {s['seeds']} "
              f"seed(s) per eta, {len(results['rates'])} learning rates as one compiled program ({s['seconds']:.0f} s "
              f"of training). *Good*: mean final test accuracy within {100 * GOOD_WITHIN:.0f} points of the best eta.",
-             "", "| eta | regime | final test accuracy " + common.STATS_HEADER[1:] + " peak test accuracy | "
+             "", "| eta | regime | final test accuracy " + common.STATS_HEADER[2:] + " peak test accuracy | "
              "training cost at the end | published peak |",
              "| ---: | :--- " + common.STATS_RULE + " ---: | ---: | ---: |"]
     for r in results["rates"]:
