@@ -179,7 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "gradients. See the README's Benchmarks section.")
     add_bench_arguments(bench)
     bench.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
-    parser.gd_jax_commands = (train, evaluate, sweep, launch, bench)
+
+    from gd_jax.images import add_predict_arguments
+
+    predict = commands.add_parser("predict", help="a trained network's digit for each of your own images",
+                                  description="Read PNG/JPEG digits of any size, prepare them as MNIST was made and "
+                                              "print the run's predicted digit and its ten output activations.")
+    add_predict_arguments(predict)
+    parser.gd_jax_commands = (train, evaluate, sweep, launch, bench, predict)
     return parser
 
 
@@ -646,6 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help and --version print and exit; parse errors raise UsageError
             return int(e.code or 0)
         args.debug = debug
+        if args.command == "predict":
+            from gd_jax.images import run_predict
+
+            return run_predict(args)
         if args.command == "launch":
             from gd_jax.launch import run_launch
 

@@ -251,12 +251,10 @@ def test_command_bad_input_is_one_line_on_stderr_and_status_2(tmp_path, run_dir,
 
 
 @pytest.mark.slow
-def test_command_in_a_fresh_process(tmp_path, run_dir, digits):
+def test_gd_jax_predict_command_in_a_fresh_process(tmp_path, run_dir, digits):
     images, in_memory = digits
     paths = write_all(tmp_path / "png", images[:2], lambda i, im: Image.fromarray(255 - im))
-    code = ("import argparse, sys; from gd_jax.images import add_predict_arguments, run_predict; "
-            "sys.exit(run_predict(add_predict_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:])))")
-    run = subprocess.run([sys.executable, "-c", code, str(run_dir), *paths, "--json"], capture_output=True,
-                         text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    run = subprocess.run([sys.executable, "-m", "gd_jax", "predict", str(run_dir), *paths, "--json"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert run.returncode == 0, run.stderr
     assert [p["digit"] for p in json.loads(run.stdout)["predictions"]] == in_memory[:2].argmax(axis=1).tolist()
