@@ -39,8 +39,8 @@ RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
 # Settings added after runs were first written, with the value those older runs used.
 SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_schedule": None}
 # Options that only steer this invocation, never the run.
-INVOCATION_ONLY = ("resume", "no_progress", "download", "debug", "device", "no_compile_cache", "out", "overwrite",
-                   "devices", "coordinator", "num_processes", "process_id")
+INVOCATION_ONLY = ("resume", "no_progress", "no_tensorboard", "download", "debug", "device", "no_compile_cache", "out",
+                   "overwrite", "devices", "coordinator", "num_processes", "process_id")
 
 # Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
 COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint, with its saved settings")
     train.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard event file (the figures and history.json are written all the same)")
     common_options(train)
     add_parallel_arguments(train)
 
@@ -522,7 +524,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
             finish_segment()
             folder.write_json("history.json", {"config": config, **e.history.to_dict(), "divergence": fact,
                                                "last_good_epoch": plan.done})
-            runs.write_figures(folder, e.history, config)
+            runs.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
         print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
               f"{which}: {kept} and params.npz", file=sys.stderr)
@@ -532,7 +534,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         with runs.interrupts_deferred():
             finish_segment()
             folder.write_json("history.json", {"config": config, **live["history"].to_dict()})
-            runs.write_figures(folder, live["history"], config)
+            runs.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard)
         raise
     finally:
         progress.close()
@@ -544,7 +546,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         gd.save_params(folder.file("params.npz"), params)
         folder.write_json("history.json", {"config": config, **history.to_dict(), "test_cost": test_cost,
                                            "test_accuracy": test_accuracy})
-        runs.write_figures(folder, history, config)
+        runs.write_figures(folder, history, config, params=params, test=test, test_cost=test_cost,
+                           test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard)
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
     compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do

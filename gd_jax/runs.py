@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,7 +79,9 @@ __all__ = [
 ]
 
 # The files a run folder holds; --overwrite removes exactly these (and the checkpoints), nothing else.
-RUN_FILES = ("config.json", "history.json", "params.npz", "history.png")
+RUN_FILES = ("config.json", "history.json", "params.npz", "history.png", "confusion.png", "misclassified.png",
+             "hidden_weights.png")
+_EVENTS = re.compile(r"^events\.out\.tfevents\..*\.gd_jax$")  # tensorboard.write_run_events' files
 # With early stopping: the parameters of the best epoch so far, named by their epoch, so that a
 # checkpoint always finds the file of the best epoch it records (the older one is removed after).
 _BEST = re.compile(r"^best-epoch-(\d{6,})\.npz$")
@@ -195,7 +197,7 @@ def clean_run_files(folder: str | os.PathLike) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, name))
     for name in os.listdir(folder):
-        if _BEST.match(name):
+        if _BEST.match(name) or _EVENTS.match(name):
             os.unlink(os.path.join(folder, name))
     checkpoints = os.path.join(folder, CHECKPOINTS)
     for _, path in list_checkpoints(checkpoints):
@@ -666,15 +668,31 @@ def title_of(config: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
-                  extra: Iterable[Callable[[RunFolder], None]] = ()) -> None:
-    """Draws the run's figures for whatever epochs exist (none without an epoch).
+def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *, params: Any = None,
+                  test: Any = None, test_cost: float | None = None, test_accuracy: float | None = None,
+                  tensorboard: bool = True) -> None:
+    """Draws the run's figures for whatever epochs exist, and its TensorBoard event file.
 
-    ``extra`` are further figure writers, each called with the folder.
+    A finished run (``params`` and ``test`` given) gets all of ``plotting.RUN_FIGURES``: the
+    learning curves, the test set's confusion matrix, the misclassified test digits and the
+    hidden neurons' weights; a run that stopped early (diverged, interrupted) the learning
+    curves of the epochs it finished. Without any epoch there is nothing to draw. With
+    ``tensorboard``, the event file holds the same curves, the hyperparameters and the figures.
     """
-    if len(history):
-        from gd_jax.plotting import plot_history
+    if not len(history):
+        return
+    from gd_jax.plotting import RUN_FIGURES, plot_history, write_run_figures
 
-        plot_history(history, folder.file("history.png"), title=title_of(config))
-    for writer in extra:
-        writer(folder)
+    eval_label = "validation" if config.get("eval_data") == "validation" else "test"
+    if params is not None and test is not None:
+        write_run_figures(folder.path, params, test, history, config, activation=config.get("activation"),
+                          test_accuracy=test_accuracy, title=title_of(config))
+    else:
+        plot_history(history, folder.file("history.png"), title=title_of(config), config=config,
+                     eval_label=eval_label)
+    if tensorboard:
+        from gd_jax.tensorboard import write_run_events
+
+        figures = [folder.file(name) for name in RUN_FIGURES if os.path.exists(folder.file(name))]
+        write_run_events(folder.path, history, config, figures=figures, test_cost=test_cost,
+                         test_accuracy=test_accuracy)

@@ -196,3 +196,39 @@ def test_norms_recorded_per_epoch_equal_numpy_and_backprop(mnist_sample, tmp_pat
     assert "param_norm" in plain.epochs[0] and "grad_norm" not in plain.epochs[0]
     with pytest.raises(ValueError, match=r"needs cost= and n_classes= with train="):
         norms_recorder(train)
+
+
+def test_gd_jax_train_writes_events_and_figures_that_match_its_history(tmp_path, mnist_sample, capsys):
+    """A run folder from `gd-jax train` opens in TensorBoard: its scalars, hparams and images are the run's own."""
+    from PIL import Image
+
+    from gd_jax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--sizes", "784,12,10", "--no-progress", "--out", str(out)]) == 0
+    history = json.loads((out / "history.json").read_text())
+    events = read(out)
+    for tag, column in [("cost/train", "train_cost"), ("accuracy/eval", "eval_accuracy")]:
+        got = events.Scalars(tag)
+        assert [e.step for e in got] == [1, 2]
+        assert [e.value for e in got] == [float(np.float32(r[column])) for r in history["epochs"]], tag
+    assert events.Scalars("test/accuracy")[-1].value == float(np.float32(history["test_accuracy"]))
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    figures = {"history.png", "confusion.png", "misclassified.png", "hidden_weights.png"}
+    assert sorted(events.Tags()["images"]) == sorted(f"figures/{f.removesuffix('.png')}" for f in figures)
+    for name in figures:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    # The confusion matrix drawn is the one of the saved parameters on the test set.
+    params = gd.load_params(out / "params.npz")
+    counts = gd.confusion_matrix(params, mnist_sample[1])
+    assert counts.trace() == round(history["test_accuracy"] * mnist_sample[1].size)
+
+    quiet = tmp_path / "quiet"
+    assert main(["train", "--epochs", "1", "--sizes", "784,12,10", "--no-progress", "--no-tensorboard",
+                 "--out", str(quiet)]) == 0
+    assert event_files(quiet) == [] and (quiet / "confusion.png").exists()
+    # --overwrite removes the event file with the rest of the run's files.
+    assert main(["train", "--epochs", "1", "--sizes", "784,12,10", "--no-progress", "--no-tensorboard",
+                 "--overwrite", "--out", str(out)]) == 0
+    assert event_files(out) == []
