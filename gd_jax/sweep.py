@@ -647,7 +647,9 @@ def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarr
         growth, cost = float(metrics["growth"][i]), values["train_cost"]
         if not metrics["params_finite"][i]:
             why = f"the parameters became NaN or infinite in epoch {epoch}"
-        elif not (math.isfinite(cost) and math.isfinite(growth)) or max_growth is None or growth <= max_growth:
+        elif not math.isfinite(growth):
+            why = f"the parameters grew past float32's range in epoch {epoch} (training cost {cost:.4g})"
+        elif not math.isfinite(cost) or max_growth is None or growth <= max_growth:
             why = f"the cost became NaN or infinite in epoch {epoch} (training cost {cost})"
         else:
             why = (f"the parameters grew {growth:.3g}x in epoch {epoch} (more than max_growth={max_growth}), "
