@@ -102,6 +102,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
     parser.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="write no TensorBoard event files (tensorboard/model-NNN/, one per model)")
     parser.add_argument("--learning-rate", "--eta", dest="learning_rate", type=_numbers("eta", "0.1,1,3"),
                         default=[3.0], help="learning rates; a comma list is swept (default 3.0)")
     parser.add_argument("--momentum", type=_numbers("momentum", "0,0.5,0.9"), default=None,
@@ -189,6 +191,29 @@ def _save_stacked(path: str, params: Any) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+TENSORBOARD = "tensorboard"  # the sweep folder's subfolder of per-model event files
+
+
+def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[str]:
+    """One TensorBoard run per model, ``tensorboard/model-NNN/``, so TensorBoard's HParams view compares them.
+
+    Each model's run holds its per-epoch scalars (its rows of ``result.records``) and its
+    hyperparameters: the sweep's settings with the model's own grid values and seed.
+    """
+    from gd_jax.tensorboard import write_run_events
+
+    shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
+    written = []
+    for i, model in enumerate(result.models):
+        own = {name: model[name] for name in result.grid}
+        epochs = [{k: v for k, v in r.items() if k not in ("model", "seed", "status", *result.grid)}
+                  for r in result.records if r["model"] == i]
+        folder = os.path.join(out, TENSORBOARD, f"model-{i:03d}")
+        os.makedirs(folder, exist_ok=True)
+        written.append(write_run_events(folder, {"epochs": epochs}, {**shared, **own, "seed": model["seed"]}))
+    return written
+
+
 def plot_sweep(result: Any, out: str, *, metric: str = "eval_accuracy") -> None:
     """Writes ``accuracy.png`` (final ``metric`` against each swept value, mean and spread over the
     seeds, each seed a dot) and ``costs.png`` (every model's training cost per epoch), atomically."""
@@ -261,6 +286,9 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
         for name in SWEEP_FILES:  # --overwrite of an earlier sweep: its tables and figures go too
             if os.path.exists(folder.file(name)):
                 os.unlink(folder.file(name))
+        if os.path.isdir(folder.file(TENSORBOARD)):  # and its per-model event files (gd_jax's own only)
+            for name in sorted(os.listdir(folder.file(TENSORBOARD))):
+                runs.clean_run_files(os.path.join(folder.file(TENSORBOARD), name))
     with folder:
         try:
             return _run(args, plan, folder)
@@ -377,6 +405,8 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
             save(result)
         with runs.interrupts_deferred():
             plot_sweep(result, folder.path)
+            if not args.no_tensorboard:
+                write_sweep_events(result, folder.path, config)
     finally:
         bar.close()
 

@@ -45,7 +45,7 @@ def test_sweep_folder_holds_tables_params_and_figures(finished):
     status, out = finished
     assert status == 0
     assert sorted(os.listdir(out)) == ["accuracy.png", "checkpoints", "config.json", "costs.png", "params.npz",
-                                       "sweep.csv", "sweep.json"]
+                                       "sweep.csv", "sweep.json", "tensorboard"]
     document = json.loads((out / "sweep.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert document["config"]["learning_rate"] == config["grid"]["learning_rate"] == [0.5, 3.0]
@@ -136,3 +136,24 @@ def test_ctrl_c_keeps_whole_files_and_resumes(tmp_path):
     assert done >= 1 and np.load(out / "params.npz")["layer0/w"].shape == (2, 784, 8)
     assert main(["--resume", str(out), "--epochs", str(done + 1), "--no-progress"]) == 0
     assert len(json.loads((out / "sweep.json").read_text())["epoch_seconds"]) == done + 1
+
+
+def test_each_model_is_a_tensorboard_run_with_its_own_scalars_and_hyperparameters(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    status, out = finished
+    assert status == 0
+    records = json.loads((out / "sweep.json").read_text())["records"]
+    models = sorted({r["model"] for r in records})
+    assert sorted(os.listdir(out / "tensorboard")) == [f"model-{i:03d}" for i in models]
+    for i in models:
+        events = EventAccumulator(str(out / "tensorboard" / f"model-{i:03d}"), size_guidance={"scalars": 0})
+        events.Reload()
+        own = [r for r in records if r["model"] == i]
+        got = events.Scalars("cost/train")
+        assert [(e.step, e.value) for e in got] == [(r["epoch"], float(np.float32(r["train_cost"]))) for r in own]
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["learning_rate"].number_value == own[0]["learning_rate"]
+        assert start.hparams["seed"].number_value == own[0]["seed"]
