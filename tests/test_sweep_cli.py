@@ -126,6 +126,7 @@ def test_ctrl_c_keeps_whole_files_and_resumes(tmp_path):
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "checkpoints" / "epoch-000001.npz").exists() and time.time() < deadline:
+        assert child.poll() is None, child.communicate()[1]  # it stopped before its first epoch: say why
         time.sleep(0.2)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=300)
