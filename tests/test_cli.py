@@ -17,8 +17,11 @@ def test_train_writes_a_complete_run_folder(tmp_path, capsys, mnist_sample):
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--out", str(out), "--momentum", "0.5", "--cost", "cross-entropy",
                  "--eta", "0.5", "--init", "scaled"]) == 0
-    assert sorted(p for p in os.listdir(out) if not p.startswith("checkpoint")) == \
-        ["config.json", "history.json", "history.png", "params.npz"]
+    files = sorted(p for p in os.listdir(out) if not p.startswith("checkpoint"))
+    events = [p for p in files if p.startswith("events.out.tfevents.")]
+    assert len(events) == 1 and [p for p in files if p not in events] == [
+        "config.json", "confusion.png", "hidden_weights.png", "history.json", "history.png", "misclassified.png",
+        "params.npz"]
     history = json.loads((out / "history.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["sizes"] == [784, 16, 10] and config["learning_rate"] == 0.5 and config["momentum"] == 0.5
