@@ -187,7 +187,8 @@ def test_a_platform_jax_cannot_use_gives_one_line_naming_it_and_the_install(tmp_
 def test_device_cpu_trains_on_the_cpu(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--epochs", "1", "--device", "cpu", "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["segments"][0]["device"].startswith("cpu")
+    # jax names CPU devices "cpu:0" (0.10) or "TFRT_CPU_0" (0.8): the platform is in the name either way.
+    assert "cpu" in json.loads((out / "config.json").read_text())["segments"][0]["device"].lower()
 
 
 def test_a_params_file_of_python_objects_is_refused_without_pointing_at_pickle(tmp_path, capsys):
