@@ -18,7 +18,6 @@ test set). ``--quick`` shrinks every experiment to a few seeds and epochs for CI
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ import jaxlib
 import numpy as np
 
 import gd_jax as gd
+from gd_jax.serialization import atomic_write_bytes
 
 Params = list[dict[str, jax.Array]]
 
@@ -341,27 +341,6 @@ def setup_lines(setup: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _umask_mode() -> int:
-    """The mode a plain ``open`` would give a new file (mkstemp's own is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def to_json(value: Any) -> Any:
     """Arrays and numpy scalars as plain lists and numbers; NaN and inf as None."""
     if isinstance(value, dict):
@@ -382,21 +361,14 @@ def to_json(value: Any) -> Any:
 def write_results(out: str, results: dict[str, Any], markdown: str, figures: dict[str, Callable[[str], None]]) -> None:
     """Writes results.json, results.md and each figure (``draw(path)``) into ``out``, each file atomically."""
     os.makedirs(out, exist_ok=True)
-    _atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(to_json(results), indent=1) + "\n"))
-    _atomic_write(os.path.join(out, "results.md"), lambda f: f.write(markdown.rstrip() + "\n"))
+    atomic_write_bytes(os.path.join(out, "results.json"), (json.dumps(to_json(results), indent=1) + "\n").encode())
+    atomic_write_bytes(os.path.join(out, "results.md"), (markdown.rstrip() + "\n").encode())
     for name, draw in figures.items():
-        path = os.path.join(out, name)
-        folder = os.path.dirname(path)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-        os.close(fd)
-        try:
-            draw(tmp)
-            os.chmod(tmp, _umask_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with tempfile.TemporaryDirectory() as scratch:  # drawn aside, then moved in whole like the rest
+            drawn = os.path.join(scratch, os.path.basename(name))
+            draw(drawn)
+            with open(drawn, "rb") as f:
+                atomic_write_bytes(os.path.join(out, name), f.read())
     print(f"results in {out}: results.md, results.json, {', '.join(figures)}")
 
 
