@@ -14,8 +14,9 @@ digits it should recognise), so that a stall is traced to its cause: a run count
 when one output neuron stays below 0.5 on every test image, i.e. it never says "this is my
 digit", so that digit is (almost) never predicted. With the quadratic cost the output error is
 ``delta = (a - y) sigma'(z)``, which vanishes when that neuron is saturated off, so nothing pulls
-it back. ``--remedies`` reruns the [784, 30, 10] seeds with chapter 3's remedies: weights
-N(0, 1/n_in) (``scaled-init``) and the cross-entropy cost, eta 0.5 (``cross-entropy``).
+it back. ``--remedies`` reruns the seeds of both networks with chapter 3's remedies: weights
+N(0, 1/n_in) (``scaled-init``, ``scaled-init-100``) and the cross-entropy cost, eta 0.5
+(``cross-entropy``, ``cross-entropy-100``).
 
 Writes ``results.md`` (ours beside the published figures, a table per configuration, the stalls
 explained), ``results.json`` (every curve and measurement) and ``accuracy.png`` (test accuracy per
@@ -72,6 +73,10 @@ REMEDIES = (
            "[784, 30, 10], N(0,1/n_in) weights, quadratic cost, eta 3.0"),
     Config("cross-entropy", (784, 30, 10), "normal", "cross-entropy", 0.5, None,
            "[784, 30, 10], N(0,1) weights, cross-entropy cost, eta 0.5"),
+    Config("scaled-init-100", (784, 100, 10), "scaled", "quadratic", 3.0, None,
+           "[784, 100, 10], N(0,1/n_in) weights, quadratic cost, eta 3.0"),
+    Config("cross-entropy-100", (784, 100, 10), "normal", "cross-entropy", 0.5, None,
+           "[784, 100, 10], N(0,1) weights, cross-entropy cost, eta 0.5"),
 )
 def output_neurons(params: Params, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
     """Per output neuron ``j`` on a labelled set: what it does, and whether it can still learn.
@@ -223,22 +228,28 @@ def diagnosis(results: dict[str, Any]) -> list[str]:
         + "; ".join(f"{name} {sc[0]:.1f} / {sc[-1]:.1f}" for name, sc in scales.items()) + ".",
         "",
     ]
-    stalled_seeds = sorted({r["seed"] for name, r, _ in dead if name == "textbook"})
-    same_seeds = [name for name in ("textbook", *(c.name for c in REMEDIES)) if name in blocks]
-    if "textbook" in blocks and stalled_seeds and len(same_seeds) > 1:
+    for base in TEXTBOOK:  # each textbook network's stalled seeds, rerun with the remedies of its shape
+        stalled_seeds = sorted({r["seed"] for name, r, _ in dead if name == base.name})
+        same_seeds = [name for name in (base.name, *(c.name for c in REMEDIES if c.sizes == base.sizes))
+                      if name in blocks]
+        if not stalled_seeds or len(same_seeds) < 2:
+            continue
         by_seed = {name: {r["seed"]: r for r in blocks[name]["runs"]} for name in same_seeds}
         lines += [
-            "The textbook's stalled seeds under each remedy (final test accuracy; for the neuron that "
-            "died in the textbook run: its largest test activation after epoch 1 and at the end):",
+            f"The {base.name} run's stalled seeds under each remedy (final test accuracy; for the neuron that "
+            f"died in the {base.name} run: its largest test activation after epoch 1 and at the end):",
             "",
             "| seed (digit) | " + " | ".join(same_seeds) + " |",
             "| :--- | " + " | ".join("---:" for _ in same_seeds) + " |",
         ]
         for seed in stalled_seeds:
-            digits = by_seed["textbook"][seed]["dead_digits"]
+            digits = by_seed[base.name][seed]["dead_digits"]
             cells = []
             for name in same_seeds:
-                r = by_seed[name][seed]
+                r = by_seed[name].get(seed)
+                if r is None:  # the remedy ran fewer seeds
+                    cells.append("-")
+                    continue
                 per_epoch = r["output_neurons_per_epoch"]
                 acts = ", ".join(f"{per_epoch[min(1, len(per_epoch) - 1)]['max_activation'][j]:.2f} -> "
                                  f"{per_epoch[-1]['max_activation'][j]:.2f}" for j in digits)
@@ -400,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--quick: 2)")
     parser.add_argument("--extreme-seeds", type=int, help="seeds for eta 0.001 and eta 100 (default 3; --quick: 1)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default 30; --quick: 2)")
-    parser.add_argument("--remedies", action="store_true", help="also run the [784, 30, 10] seeds with N(0,1/n_in) "
+    parser.add_argument("--remedies", action="store_true", help="also run the seeds of both networks with N(0,1/n_in) "
                         "weights and with the cross-entropy cost")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations: "
                         + ", ".join(c.name for c in TEXTBOOK + EXTREMES + REMEDIES))

@@ -1,9 +1,11 @@
 """What the experiment scripts share: data, many models trained as one program, statistics, output.
 
 **Many models, one program.** ``train_models`` trains a group of networks of one shape (seeds,
-learning rates) as one compiled epoch: ``gd.make_epoch`` under ``jax.vmap`` over the stacked
-parameters, the learning rates and the batch orders, so a 20-seed run compiles once and its
-first layer is one wide matrix product a step. Each member draws its keys exactly as
+learning rates, L2 strengths) as one compiled epoch: gd_jax's sweep epoch
+(``gd.make_sweep_epoch``, ``gd.make_epoch`` vmapped over the stacked parameters, the
+hyperparameters and the batch orders), so a 20-seed run compiles once. It is ``gd.sweep``'s
+engine with what the experiments add around it: several evaluation sets, a probe of every
+member after each epoch, and the textbook's halving schedule per member. Each member draws its keys exactly as
 ``gd-jax train --seed`` does (``init_key, shuffle_key = split(key(seed))``) and visits the rows in
 ``fit``'s order (``shuffled_order(fold_in(shuffle_key, epoch), n)``), so a member's curve is the
 curve ``gd.fit`` computes for that seed (equal up to float rounding of the batched products;
@@ -154,10 +156,14 @@ def train_models(
     def regularised(lmbda):  # gd.with_l2(cost, lmbda, n), written out so that lmbda may be traced
         return lambda p, x, y: cost(p, x, y) + (lmbda / n) * gd.l2_penalty(p)
 
-    def one_epoch(p, rate, lmbda, order, x, y):
-        optimizer = gd.sgd(rate)  # a per-member learning rate: a traced scalar under vmap
-        epoch = gd.make_epoch(regularised(lmbda), optimizer, batch_size=batch_size, n_classes=n_classes)
-        state, finite = epoch(gd.TrainState(p, optimizer.init(p)), x, y, order)
+    # gd.sweep's compiled epoch, each member with its own batch order, learning rate and lambda
+    # (traced scalars); plain sgd keeps no state, so the members' parameters are the whole state.
+    sweep_epoch = gd.make_sweep_epoch(lambda h: regularised(h["lmbda"]), lambda h: gd.sgd(h["learning_rate"]),
+                                      batch_size=batch_size, n_classes=n_classes, shuffle="per_model")
+
+    def one_epoch(p, rates, lmbdas, orders, x, y):
+        state, finite = sweep_epoch(gd.TrainState(p, jax.vmap(gd.sgd(1.0).init)(p)),
+                                    {"learning_rate": rates, "lmbda": lmbdas}, x, y, orders)
         return state.params, finite
 
     measure = jax.vmap(lambda p, lmbda, x, y: _measure(p, x, y, cost=regularised(lmbda), n_classes=n_classes),
@@ -174,7 +180,7 @@ def train_models(
 
     orders = lambda e: np.stack([gd.shuffled_order(jax.random.fold_in(k[1], e), n) for k in keys])  # noqa: E731
     start = time.perf_counter()
-    epoch_fn = jax.jit(jax.vmap(one_epoch, in_axes=(0, 0, 0, 0, None, None))).lower(
+    epoch_fn = jax.jit(one_epoch).lower(
         params, rates, lmbdas, orders(0), x, y).compile()
     measure_fn = jax.jit(measure_all).lower(params, lmbdas, sets).compile()
     compile_seconds = time.perf_counter() - start

@@ -426,6 +426,7 @@ def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int
 
     # Everything is validated before the run folder is touched, so a mistake writes nothing.
     out, plan = _prepare(args, given, command)
+    args.run_folder = out  # named in the one line a lost peer ends this process with
     if not is_writer():
         try:
             return _follow(plan, args.mesh)
@@ -680,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return command(args, _given_options(argv), ["gd-jax", *argv])
         finally:
             jax.config.update("jax_platforms", platforms)
+            if getattr(args, "peer_watch", None) is not None:  # done: the others need not wait for this process
+                args.peer_watch.stop()
     except BadInput as e:  # bad input: settings, data files, run folders; anything else is a bug
         if debug:
             traceback.print_exc()

@@ -46,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from gd_jax.costs import Cost
 from gd_jax.optim import GradientTransformation, apply_updates
+from gd_jax.peer_watch import PeerWatch
 from gd_jax.train import TrainState
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "make_data_parallel_epoch",
     "start_parallel",
     "use_cpu_devices",
+    "watch_peers",
 ]
 
 DATA_AXIS = "data"
@@ -72,7 +74,8 @@ DATA_AXIS = "data"
 # JAX's defaults wait 300 s for peers to start and 100 s for a silent one: a lost peer would
 # hang the others for minutes. These make a missing or dead peer an error within 30 s.
 INITIALIZATION_TIMEOUT_S = 20
-HEARTBEAT_TIMEOUT_S = 10
+HEARTBEAT_TIMEOUT_S = 24  # JAX's own check: the backstop, which aborts with pages of logs
+HANG_SILENCE_S = 8  # gd_jax's check (peer_watch), one line; below half of JAX's, so it comes first
 SHUTDOWN_TIMEOUT_S = 60  # at a normal end, how long the others wait for process 0 to write its files
 
 EXIT_PEER_LOST = 4  # the CLI's exit status when a peer process died or hung
@@ -463,11 +466,35 @@ def start_parallel(args: Any) -> Mesh | None:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, local_devices=local)
         finally:
             watchdog.cancel()
+        args.peer_watch = watch_peers(args.process_id, args.num_processes,
+                                      on_lost=lambda e: exit_peer_lost(e, resume=getattr(args, "run_folder", None)))
     elif local is not None:
         use_cpu_devices(local)
     if args.devices is None and distributed[0] is None:
         return None
     return data_mesh(None if args.devices in (None, "all") else args.devices)
+
+
+def watch_peers(process_id: int, num_processes: int, *, on_lost: Callable[[Exception], None],
+                silence_s: float = HANG_SILENCE_S) -> PeerWatch | None:
+    """Starts a ``PeerWatch`` on ``jax.distributed``'s client: a hung peer ends in ``on_lost``.
+
+    Call it after ``initialize_distributed``; call ``stop()`` on the result when the work is
+    done (it is also stopped at interpreter exit), so that the others do not wait for this
+    process while they finish. Returns None when JAX offers no client to watch through
+    (its own heartbeat check then remains).
+    """
+    import atexit
+
+    # The client is not public API; orbax reads it the same way. Without it, JAX's check stays.
+    from jax._src import distributed
+
+    client = getattr(distributed.global_state, "client", None)
+    if client is None or not hasattr(client, "key_value_dir_get"):
+        return None
+    watch = PeerWatch(client, process_id, num_processes, on_lost=on_lost, silence_s=silence_s).start()
+    atexit.register(watch.stop)
+    return watch
 
 
 def is_writer() -> bool:

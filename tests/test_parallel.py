@@ -159,12 +159,14 @@ def _free_port() -> int:
     return free_port("127.0.0.1")
 
 
-@pytest.mark.slow
-def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path):
+def _stop_one_of_two(tmp_path, which: int, signal_name: str) -> tuple[subprocess.Popen, str, float, list]:
+    """Two processes train; after epoch 2 process ``which`` gets ``signal_name``.
+
+    Returns the other process (ended), its stderr, the seconds it took to end after the
+    signal, and the two processes' folders.
+    """
     import signal
     import time
-
-    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
 
     port = _free_port()
     args = [*TRAIN[:2], "1000", *TRAIN[3:], "--out", "run", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
@@ -176,31 +178,51 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
     processes = [subprocess.Popen([sys.executable, "-m", "gd_jax", *args, "--process-id", str(i)], cwd=hosts[i],
                                   env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
+    other = processes[1 - which]
     try:
         checkpoints = hosts[0] / "run" / "checkpoints"
         deadline = time.monotonic() + 240
         while not (checkpoints / "epoch-000002.npz").exists():
             assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "training never started"
             time.sleep(0.1)
-        processes[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        _, err = processes[0].communicate(timeout=60)
-        waited = time.monotonic() - killed
+        processes[which].send_signal(getattr(signal, signal_name))
+        stopped = time.monotonic()
+        _, err = other.communicate(timeout=60)
+        waited = time.monotonic() - stopped
     finally:
         for p in processes:
             if p.poll() is None:
-                p.kill()
+                p.kill()  # a stopped process too: SIGKILL needs no SIGCONT
             p.communicate()
-    assert processes[0].returncode == 4
-    assert waited < 30
-    assert os.listdir(hosts[1]) == []  # process 1 wrote nothing
+    return other, err, waited, hosts
+
+
+def _one_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err[-3000:]
-    assert lines[0].startswith("gd-jax: error: process 0 of 2 lost contact with process 1: it died or hung")
-    assert "--resume run" in lines[0]
+    return lines[0]
+
+
+# A dead peer closes its sockets: the next collective fails at once. A hung one closes
+# nothing: gd_jax's peer watch notices its silence (JAX's own check would abort with pages).
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name, says", [
+    ("SIGKILL", "process 0 of 2 lost contact with process 1: it died or hung"),
+    ("SIGSTOP", "process 0 of 2 lost contact with process 1: no sign of life for"),
+])
+def test_a_dead_or_hung_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path, signal_name, says):
+    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
+
+    survivor, err, waited, hosts = _stop_one_of_two(tmp_path, 1, signal_name)
+    assert survivor.returncode == 4, err[-3000:]
+    assert waited < 30
+    assert os.listdir(hosts[1]) == []  # process 1 wrote nothing
+    line = _one_line(err)
+    assert line.startswith(f"gd-jax: error: {says}"), line
+    assert "--resume run" in line
 
     # The run folder keeps its last finished epoch; the same run resumed ends as one process would.
-    done = read_checkpoint_manifest(latest_checkpoint(str(checkpoints)))["epoch"]
+    done = read_checkpoint_manifest(latest_checkpoint(str(hosts[0] / "run" / "checkpoints")))["epoch"]
     assert done >= 2
     resumed = _gd_jax("launch", "-n", "2", "train", "--resume", "run", "--epochs", str(done + 1), "--no-progress",
                       cwd=hosts[0])
@@ -210,6 +232,15 @@ def test_a_killed_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path)
     with open(hosts[0] / "run" / "history.json") as f:
         assert [e["epoch"] for e in json.load(f)["epochs"]] == list(range(1, done + 2))
     assert _largest_difference(_params(hosts[0] / "run"), _params(tmp_path / "one")) < CLI_TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_hung_coordinator_stops_the_other_in_one_line(tmp_path):
+    survivor, err, waited, _ = _stop_one_of_two(tmp_path, 0, "SIGSTOP")
+    assert survivor.returncode == 4, err[-3000:]
+    assert waited < 30
+    assert _one_line(err).startswith("gd-jax: error: process 1 of 2 lost contact with process 0, which holds the "
+                                     "run's coordinator: no answer for")
 
 
 _MISMATCH = """
