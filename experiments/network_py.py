@@ -389,7 +389,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     """Peak test accuracy per seed, one panel per configuration: both starts, and gd_jax's float32 peaks."""
     plt = common.pyplot()
     blocks = results["configs"]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4.2), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), 4.8), squeeze=False, constrained_layout=True)
     styles = {"numpy": ("o", "C0", 0.0), "gd_jax": ("s", "C2", -0.15)}
     for ax, (name, block) in zip(axes[0], blocks.items()):
         for start, part in block["starts"].items():
@@ -407,13 +407,15 @@ def plot(results: dict[str, Any], path: str) -> None:
         if gd_runs:
             stalled = sum(r["stalled"] for r in gd_runs)
             ax.scatter([r["seed"] + 0.15 for r in gd_runs], [100 * r["peak_accuracy"] for r in gd_runs], marker="x",
-                       color="k", s=26, zorder=3, label=f"gd_jax float32 ({stalled}/{len(gd_runs)} stalled)")
+                       color=["C3" if r["stalled"] else "k" for r in gd_runs], s=26, zorder=3,
+                       label=f"gd_jax float32, chapter1.py ({stalled}/{len(gd_runs)} stalled, red)")
         published = block["config"]["published"]
         ax.axhline(100 * published, color="k", ls="--", lw=0.8, label=f"published peak {100 * published:.2f}%")
         ax.set(title=f"{name}: {block['config']['label']}", xlabel="seed", ylabel="peak test accuracy (%)")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # seeds are whole numbers
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: stalls sit low
     fig.suptitle("network.py in float64 numpy: peak test accuracy per seed (red ring: stalled, an output neuron "
                  f"below {chapter1.DEAD_BELOW} on every test image at the end)", fontsize=10)
     fig.savefig(path, dpi=110)
