@@ -39,7 +39,9 @@ and the output neurons measured as ``chapter1.output_neurons`` measures them (mi
 so that *stalled* (an output neuron below 0.5 on every test image at the end) and the stall notes
 are ``chapter1.py``'s own functions applied to the same numbers.
 
-Numpy runs single-threaded (one core: batch-10 products are too small to gain from threads).
+Run as a script, numpy's BLAS uses one thread (unless ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` /
+``MKL_NUM_THREADS`` say otherwise): batch-10 products are too small to gain from threads, and one core
+stays free.
 
 Writes ``results.md``, ``results.json`` and ``peaks.png`` (peak test accuracy per seed, both
 starts, both configurations, beside gd_jax's float32 peaks), rewritten after each block of runs.
@@ -51,10 +53,11 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread: read by OpenBLAS/MKL when numpy loads, so it has to be set before numpy is imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+if __name__ == "__main__":  # as a script only: importing the module leaves the caller's environment alone
+    # One BLAS thread: read by OpenBLAS/MKL when numpy loads, so it has to be set before numpy is imported.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
 import itertools
