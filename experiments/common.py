@@ -6,7 +6,7 @@ learning rates, L2 strengths) as one compiled epoch: gd_jax's sweep epoch
 hyperparameters and the batch orders), so a 20-seed run compiles once. It is ``gd.sweep``'s
 engine with what the experiments add around it: several evaluation sets, a probe of every
 member after each epoch, and the textbook's halving schedule per member. Each member draws its keys exactly as
-``gd-jax train --seed`` does (``init_key, shuffle_key = split(key(seed))``) and visits the rows in
+``gd-jax train --seed`` does (``gd.seed_keys``) and visits the rows in
 ``fit``'s order (``shuffled_order(fold_in(shuffle_key, epoch), n)``), so a member's curve is the
 curve ``gd.fit`` computes for that seed (equal up to float rounding of the batched products;
 ``tests/test_experiments.py`` checks it).
@@ -83,12 +83,6 @@ class GroupRun(NamedTuple):
     compile_seconds: float
 
 
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """The (init, shuffle) keys of a seed, derived exactly as the CLI derives them."""
-    init_key, shuffle_key = jax.random.split(jax.random.key(seed))
-    return init_key, shuffle_key
-
-
 def stack(trees: Sequence[Any]) -> Any:
     """Stacks equal-structured pytrees along a new leading axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -148,7 +142,7 @@ def train_models(
     n_classes = sizes[-1]
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     n = x.shape[0]
-    keys = [seed_keys(m.seed) for m in members]
+    keys = [gd.seed_keys(m.seed) for m in members]
     params = stack([gd.init_mlp(k[0], list(sizes), init) for k in keys])
     rates = np.array([m.learning_rate for m in members], dtype=np.float32)
     lmbdas = jnp.array([m.lmbda for m in members], dtype=jnp.float32)

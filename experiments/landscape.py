@@ -121,7 +121,7 @@ def per_layer_direction(key: jax.Array, params) -> list[dict[str, jax.Array]]:
 def network_slice(data: common.Data, *, epochs: int, grid: int, radius: float, steps: int,
                   rows: int) -> dict[str, Any]:
     """Trains the textbook network, then draws its cost on a 2-D slice around the result."""
-    init_key, shuffle_key = common.seed_keys(SEED)
+    init_key, shuffle_key = gd.seed_keys(SEED)
     params, history = gd.fit(gd.init_mlp(init_key, SIZES), data.train, eval_data=data.test, epochs=epochs,
                              batch_size=10, optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=shuffle_key)
     x, y = jnp.asarray(data.train.x[:rows]), jax.nn.one_hot(jnp.asarray(data.train.y[:rows]), 10)

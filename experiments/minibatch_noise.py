@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     data = common.load_data(args.idx_dir)
     train = data.train.take(2000) if args.quick else data.train
     wanted = sorted({0, 1, 2, 5, 10, 20, args.epochs} & set(range(args.epochs + 1)))
-    init_key, shuffle_key = common.seed_keys(SEED)
+    init_key, shuffle_key = gd.seed_keys(SEED)
     params = gd.init_mlp(init_key, SIZES)
     snapshots = {0: params} if 0 in wanted else {}
 

@@ -52,7 +52,7 @@ MODES = (
 
 
 def run_mode(mode: Mode, data: common.Data, train: gd.Dataset, epochs: int) -> dict[str, Any]:
-    init_key, shuffle_key = common.seed_keys(SEED)
+    init_key, shuffle_key = gd.seed_keys(SEED)
     batch_size = mode.batch_size or train.size
     record: dict[str, Any] = {"mode": mode.name, "batch_size": batch_size, "learning_rate": mode.learning_rate,
                               "epochs": epochs, "steps_per_epoch": -(-train.size // batch_size)}

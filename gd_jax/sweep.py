@@ -73,6 +73,7 @@ from gd_jax.costs import Cost
 from gd_jax.data.dataset import Dataset
 from gd_jax.network import Params
 from gd_jax.optim import GradientTransformation
+from gd_jax.runs import SEED_LIMIT, seed_key
 from gd_jax.train import (
     TrainState,
     _measure,
@@ -101,8 +102,12 @@ _METRICS = ("train_cost", "train_accuracy", "eval_cost", "eval_accuracy")
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """The ``(init_key, shuffle_key)`` of seed ``seed``, as ``gd-jax train --seed`` derives them."""
-    init_key, shuffle_key = jax.random.split(jax.random.key(seed))
+    """The ``(init_key, shuffle_key)`` of seed ``seed``, as ``gd-jax train --seed`` derives them.
+
+    Every seed in ``[0, 2**64)`` has its own keys (``runs.seed_key``); below ``2**32`` they
+    are ``jax.random.split(jax.random.key(seed))``.
+    """
+    init_key, shuffle_key = jax.random.split(seed_key(seed))
     return init_key, shuffle_key
 
 
@@ -143,11 +148,11 @@ def _check_seeds(seeds: int | Sequence[int]) -> list[int]:
             raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}; e.g. seeds=5")
         return list(range(int(seeds)))
     if isinstance(seeds, Sequence) and len(seeds) > 0 and all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds repeats a seed: {list(seeds)}; list each seed once")
         return [int(s) for s in seeds]
-    raise ValueError(f"seeds must be a count >= 1 or a list of distinct integers >= 0, got {seeds!r}")
+    raise ValueError(f"seeds must be a count >= 1 or a list of distinct integers from 0 to 2**64 - 1, got {seeds!r}")
 
 
 def model_axes(params: Params, opt_state: Any = None, *, shuffle: str = "shared") -> tuple[Any, Any]:

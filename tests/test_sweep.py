@@ -11,6 +11,7 @@ import csv
 import functools
 import io
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -233,6 +234,7 @@ def test_tables_and_helpers_on_real_values(data):
     (dict(seeds=0), "seeds must be >= 1"),
     (dict(seeds=[1, 1]), "repeats a seed"),
     (dict(seeds=[1.5]), "list of distinct integers"),
+    (dict(seeds=[2**64]), "list of distinct integers from 0 to 2**64 - 1"),
     (dict(shuffle="random"), "shuffle must be one of per_model, shared"),
     (dict(make_cost=lambda h: gd.quadratic_cost), "exactly one of cost="),
     (dict(epochs=-1), "epochs must be an integer >= 0"),
@@ -244,7 +246,7 @@ def test_bad_arguments_raise_one_clear_line(data, kwargs, message):
     train, _ = data
     arguments = dict(grid={"learning_rate": [1.0]}, seeds=1, make_optimizer=sgd_of, cost=gd.quadratic_cost,
                      epochs=1, batch_size=BATCH) | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         sweep(init, train, **arguments)
 
 
@@ -273,3 +275,21 @@ def test_readme_sweep_example_runs_as_written():
     finals = result.final("eval_accuracy")
     means = {lr: np.mean([finals[i] for i in result.select(learning_rate=lr)]) for lr in (0.5, 3.0)}
     assert best["learning_rate"] == max(means, key=means.get) and best["mean"] == pytest.approx(max(means.values()))
+
+
+@pytest.mark.parametrize("seed", [2, 2**32 + 2, 2**63])
+def test_a_seed_starts_from_the_parameters_gd_jax_train_starts_from(tmp_path, seed):
+    """Seeds above 2**32 too: jax.random.key(2**32 + 2) would be the key of seed 2."""
+    from gd_jax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--sizes", "784,16,10", "--epochs", "0", "--no-progress", "--seed", str(seed),
+                 "--out", str(out)]) == 0
+    saved = gd.load_params(out / "params.npz")
+    mine = gd.init_mlp(seed_keys(seed)[0], [784, 16, 10])
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(mine)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if seed != 2:
+        assert not np.array_equal(np.asarray(mine[0]["w"]),
+                                  np.asarray(gd.init_mlp(seed_keys(2)[0], [784, 16, 10])[0]["w"]))
+
