@@ -117,14 +117,14 @@ def network_py_orders(seed: int, n: int) -> Iterator[np.ndarray]:
 
 def gd_jax_init(seed: int, sizes: list[int]) -> Params:
     """gd_jax's float32 initial parameters for ``seed`` (as ``chapter1.py`` draws them), exactly in float64."""
-    init_key, _ = common.seed_keys(seed)
+    init_key, _ = gd.seed_keys(seed)
     return [(np.asarray(layer["w"], dtype=np.float64), np.asarray(layer["b"], dtype=np.float64))
             for layer in gd.init_mlp(init_key, sizes, "normal")]
 
 
 def gd_jax_orders(seed: int, n: int) -> Iterator[np.ndarray]:
     """gd_jax's batch order for ``seed``, epoch after epoch: ``shuffled_order(fold_in(shuffle_key, e), n)``."""
-    _, shuffle_key = common.seed_keys(seed)
+    _, shuffle_key = gd.seed_keys(seed)
     e = 0
     while True:
         yield gd.shuffled_order(jax.random.fold_in(shuffle_key, e), n).astype(np.int64)
