@@ -372,27 +372,38 @@ def markdown(results: dict[str, Any]) -> str:
 def plot(results: dict[str, Any], path: str) -> None:
     """Test accuracy per epoch, one panel per configuration, one line per seed (stalled ones in red)."""
     plt = common.pyplot()
-    blocks = results["configs"]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.6 * len(blocks), 4.2), squeeze=False, constrained_layout=True)
-    for ax, (name, block) in zip(axes[0], blocks.items()):
+    order = [c.name for c in TEXTBOOK + REMEDIES + EXTREMES]  # the book's networks first, then the remedies
+    blocks = sorted(results["configs"].items(), key=lambda item: order.index(item[0]) if item[0] in order else 99)
+    columns = min(4, len(blocks))
+    rows = -(-len(blocks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.9 * rows), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.ravel()[len(blocks):]:
+        ax.set_visible(False)
+    for ax, (name, block) in zip(axes.ravel(), blocks):
+        stalled = sum(r["stalled"] for r in block["runs"])
+        recovered = sum(bool(r["recovered"]) and not r["stalled"] for r in block["runs"])
+        labelled = set()  # one legend entry per kind of line: the seeds are listed in results.md
         for r in block["runs"]:
             acc = r["test_accuracy_per_epoch"]
             if r["stalled"]:
-                label = f"seed {r['seed']}: digit {', '.join(map(str, r['dead_digits']))} off at the end"
-                style = {"color": "C3", "lw": 1.3, "zorder": 3, "label": label}
+                kind, style = f"stalled ({stalled} seeds)", {"color": "C3", "lw": 1.3, "zorder": 3}
             elif r["recovered"]:
-                label = f"seed {r['seed']}: off, came back ({format_spans(r['off_epochs'])})"
-                style = {"color": "C1", "lw": 1.0, "zorder": 2, "label": label}
+                kind, style = f"off for a while ({recovered} seeds)", {"color": "C1", "lw": 1.0, "zorder": 2}
             else:
-                style = {"color": "C0", "lw": 0.8, "alpha": 0.6}
+                kind, style = None, {"color": "C0", "lw": 0.8, "alpha": 0.6}
+            if kind is not None and kind not in labelled:
+                style["label"] = kind
+                labelled.add(kind)
             ax.plot(range(len(acc)), [100 * a for a in acc], **style)
         published = block["config"]["published"]
         if published is not None:
             ax.axhline(100 * published, color="k", ls="--", lw=0.8, label=f"published peak {100 * published:.2f}%")
-            tops = [100 * a for r in block["runs"] for a in r["test_accuracy_per_epoch"][1:]]
-            ax.set_ylim(max(0.0, min(tops) - 1), 100 * max(max(tops) / 100, published) + 0.5)
+        trained = [100 * a for r in block["runs"] for a in r["test_accuracy_per_epoch"][1:]]  # after epoch 1 on
+        if trained:
+            ax.set_ylim(max(0.0, min(trained) - 1), max(trained + [100 * (published or 0)]) + 0.5)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="lower right")
+            ax.legend(fontsize=7, loc="lower right")
         s = block["summary"]
         ax.set(title=f"{name}: peak {100 * s['peak']['mean']:.2f}% mean, {s['stalled']}/{s['seeds']} stalled",
                xlabel="epoch", ylabel="test accuracy (%)")
