@@ -76,12 +76,12 @@ from gd_jax.optim import GradientTransformation
 from gd_jax.runs import SEED_LIMIT, seed_key
 from gd_jax.train import (
     TrainState,
-    _measure,
-    _rms,
     check_fit_arguments,
+    cost_and_accuracy,
     default_predict_fn,
     infer_n_classes,
     make_epoch,
+    root_mean_square,
     shuffled_order,
 )
 
@@ -558,7 +558,7 @@ def sweep(
                                 shuffle=shuffle, param_axes=axes.params, state_axes=axes.opt_state)
 
     def measure(params: Params, h: Hyper, xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return _measure(params, xs, ys, cost=make_cost(h), predict_fn=predict_fn, n_classes=n_classes)
+        return cost_and_accuracy(params, xs, ys, cost=make_cost(h), predict_fn=predict_fn, n_classes=n_classes)
 
     def all_finite(params: Params) -> jax.Array:
         return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
@@ -572,7 +572,7 @@ def sweep(
             eval_cost, eval_acc = per_model(new.params, hyper, ex, ey)
         else:
             eval_cost = eval_acc = jnp.full_like(train_cost, jnp.nan)
-        rms = jax.vmap(_rms, in_axes=(axes.params,))
+        rms = jax.vmap(root_mean_square, in_axes=(axes.params,))
         growth = rms(new.params) / jnp.maximum(rms(state.params), 1.0)
         # With a shared order `finite` is all the models' flag together: one model's NaN must
         # not stop the others, so there each model answers for itself through its parameters

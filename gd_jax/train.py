@@ -49,10 +49,12 @@ __all__ = [
     "TrainState",
     "accuracy",
     "check_fit_arguments",
+    "cost_and_accuracy",
     "evaluate",
     "fit",
     "make_epoch",
     "mlp_predict",
+    "root_mean_square",
     "shuffled_order",
 ]
 
@@ -213,15 +215,16 @@ class mlp_predict:  # lower case: it is used as a function, gd.mlp_predict("tanh
         return predict(params, x, activation=self.activation)
 
 
-def _measure(params, x, y, *, cost, predict_fn, n_classes):
-    """Mean cost and accuracy (NaN without ``predict_fn``) of ``params`` on ``(x, y)``."""
+def cost_and_accuracy(params, x, y, *, cost, predict_fn, n_classes):
+    """Mean cost and accuracy (NaN without ``predict_fn``) of ``params`` on ``(x, y)``, labels as integers."""
     c = cost(params, x, jax.nn.one_hot(y, n_classes, dtype=x.dtype))
     if predict_fn is None:
         return c, jnp.float32(jnp.nan)
     return c, jnp.mean(jnp.argmax(predict_fn(params, x), axis=-1) == y)
 
 
-def _rms(params: PyTree) -> jax.Array:
+def root_mean_square(params: PyTree) -> jax.Array:
+    """``sqrt(sum p^2 / count)`` over every floating-point leaf: the parameters' scale (``max_growth``)."""
     leaves = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.inexact)]
     return jnp.sqrt(sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in leaves)
                     / max(sum(p.size for p in leaves), 1))
@@ -229,12 +232,12 @@ def _rms(params: PyTree) -> jax.Array:
 
 def _epoch_end(new_params, old_params, train_x, train_y, eval_x, eval_y, *, cost, predict_fn, n_classes):
     """Everything ``fit`` reads after an epoch, in one compiled call (one transfer to the host)."""
-    out = {"growth": _rms(new_params) / jnp.maximum(_rms(old_params), 1.0),
+    out = {"growth": root_mean_square(new_params) / jnp.maximum(root_mean_square(old_params), 1.0),
            "params_finite": jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new_params)]))}
-    out["train_cost"], out["train_accuracy"] = _measure(new_params, train_x, train_y, cost=cost,
+    out["train_cost"], out["train_accuracy"] = cost_and_accuracy(new_params, train_x, train_y, cost=cost,
                                                         predict_fn=predict_fn, n_classes=n_classes)
     if eval_x is not None:
-        out["eval_cost"], out["eval_accuracy"] = _measure(new_params, eval_x, eval_y, cost=cost,
+        out["eval_cost"], out["eval_accuracy"] = cost_and_accuracy(new_params, eval_x, eval_y, cost=cost,
                                                           predict_fn=predict_fn, n_classes=n_classes)
     return out
 
@@ -247,7 +250,7 @@ def _epoch_impl(state, x, y, order, *, cost, optimizer, batch_size, n_classes):
 _STATIC = ("cost", "optimizer", "batch_size", "n_classes")
 _epoch_cached = jax.jit(_epoch_impl, static_argnames=_STATIC)
 _epoch_end_cached = jax.jit(_epoch_end, static_argnames=("cost", "predict_fn", "n_classes"))
-_evaluate_cached = jax.jit(_measure, static_argnames=("cost", "predict_fn", "n_classes"))
+_evaluate_cached = jax.jit(cost_and_accuracy, static_argnames=("cost", "predict_fn", "n_classes"))
 
 
 def _hashable(*values: Any) -> bool:
@@ -303,7 +306,7 @@ def evaluate(params: PyTree, data: Dataset, *, cost: Cost, activation: str = "si
     n_classes = n_classes or infer_n_classes(params, data)
     static = {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes}
     args = (params, jnp.asarray(data.x), jnp.asarray(data.y))
-    c, acc = _compiled(_evaluate_cached, _measure, args, static)(*args)
+    c, acc = _compiled(_evaluate_cached, cost_and_accuracy, args, static)(*args)
     return float(c), float(acc)
 
 
