@@ -341,18 +341,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     from gd_jax.parallel import check_batch_size, is_writer
     from gd_jax.train import check_fit_arguments
 
-    saved: dict[str, Any] = {}
-    if args.resume is not None:
-        for flag in ("out", "overwrite"):
-            if flag in given:
-                raise UsageError(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
-                                 f"run in {args.resume} itself; drop --{flag}")
-        out = args.resume
-        written = {k: getattr(args, k) for k in given if k in SETTINGS}
-        settings, saved, checkpoint = runs.resume_settings(out, written, settings=SETTINGS,
-                                                           may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
-    else:
-        out, settings, checkpoint = args.out, {k: getattr(args, k) for k in SETTINGS}, None
+    out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
+                                                             may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
     _check_flags({**settings, "download": args.download})
     key = runs.seed_key(settings["seed"])
     optimizer = gd.sgd(settings["learning_rate"], momentum=settings["momentum"], nesterov=settings["nesterov"])

@@ -61,6 +61,7 @@ __all__ = [
     "check_same_data",
     "claim_run_folder",
     "clean_run_files",
+    "command_settings",
     "data_fingerprint",
     "default_run_name",
     "environment",
@@ -403,6 +404,34 @@ def _flag(name: str) -> str:
 
 def _show(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def command_settings(args: Any, given: set[str], *, settings: Sequence[str], may_change: Sequence[str],
+                     defaults: Mapping[str, Any] | None = None,
+                     what: str = "run") -> tuple[str | None, dict[str, Any], dict[str, Any], str | None]:
+    """The folder and settings a ``train`` or ``sweep`` command works with, new or resumed.
+
+    A new one takes its settings from the flags (``args``); ``--resume DIR`` takes the saved
+    ones, with the flags written on the command line (``given``) that ``may_change``
+    (``resume_settings``).
+
+    Returns:
+      ``(folder, settings, saved_config, checkpoint)``: ``saved_config`` is empty and
+      ``checkpoint`` None for a new one.
+
+    Raises:
+      BadInput: ``--out`` or ``--overwrite`` with ``--resume``, and what ``resume_settings`` raises.
+    """
+    if args.resume is None:
+        return args.out, {k: getattr(args, k) for k in settings}, {}, None
+    for flag in ("out", "overwrite"):
+        if flag in given:
+            raise BadInput(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
+                           f"{what} in {args.resume} itself; drop --{flag}")
+    written = {k: getattr(args, k) for k in given if k in settings}
+    resumed, saved, checkpoint = resume_settings(args.resume, written, settings=settings, may_change=may_change,
+                                                 defaults=defaults)
+    return args.resume, resumed, saved, checkpoint
 
 
 def resume_settings(out: str, given: Mapping[str, Any], *, settings: Sequence[str], may_change: Sequence[str],

@@ -309,18 +309,9 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     from gd_jax.sweep import SweepResult, grid_points, seed_keys, sweep
     from gd_jax.train import check_fit_arguments
 
-    saved: dict[str, Any] = {}
-    if args.resume is not None:
-        for flag in ("out", "overwrite"):
-            if flag in given:
-                raise BadInput(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
-                               f"sweep in {args.resume} itself; drop --{flag}")
-        out = args.resume
-        written = {k: getattr(args, k) for k in given if k in SETTINGS}
-        settings, saved, checkpoint = runs.resume_settings(out, written, settings=SETTINGS,
-                                                           may_change=RESUME_MAY_CHANGE)
-    else:
-        out, settings, checkpoint = args.out, {k: getattr(args, k) for k in SETTINGS}, None
+    out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
+                                                             may_change=RESUME_MAY_CHANGE, what="sweep")
+    if args.resume is None:
         runs.check_out(out, overwrite=args.overwrite)
     _check_settings(settings)
     grid = _grid(settings)
