@@ -324,20 +324,18 @@ def markdown(results: dict[str, Any]) -> str:
         + " final test accuracy | stalled seeds | mean peak of the seeds not stalled |",
         "| :--- | :--- | ---: " + common.STATS_RULE + " ---: | ---: | ---: |",
     ]
+    def row(name: str, start: str, published: float, s: dict[str, Any]) -> str:
+        return (f"| {name} | {start} | {common.pct(published)} | {common.stats_cells(s['peak'])} | "
+                f"{common.pct(s['final']['mean'])} +- {100 * s['final']['std']:.2f} | {s['stalled']} / {s['seeds']} | "
+                f"{common.pct(s['peak_not_stalled'])} |")
+
     for name, block in results["configs"].items():
+        published = block["config"]["published"]
         for start, part in block["starts"].items():
-            s = part["summary"]
-            lines.append(f"| {name} | {start} | {common.pct(block['config']['published'])} | "
-                         f"{common.stats_cells(s['peak'])} | {common.pct(s['final']['mean'])} +- "
-                         f"{100 * s['final']['std']:.2f} | {s['stalled']} / {s['seeds']} | "
-                         f"{common.pct(s['peak_not_stalled'])} |")
+            lines.append(row(name, start, published, part["summary"]))
         gd_jax_summary = block.get("gd_jax_float32_summary")
         if gd_jax_summary is not None:
-            lines.append(f"| {name} | gd_jax itself (float32, `chapter1.py`) | "
-                         f"{common.pct(block['config']['published'])} | {common.stats_cells(gd_jax_summary['peak'])} "
-                         f"| {common.pct(gd_jax_summary['final']['mean'])} +- "
-                         f"{100 * gd_jax_summary['final']['std']:.2f} | {gd_jax_summary['stalled']} / "
-                         f"{gd_jax_summary['seeds']} | {common.pct(gd_jax_summary['peak_not_stalled'])} |")
+            lines.append(row(name, "gd_jax itself (float32, `chapter1.py`)", published, gd_jax_summary))
     lines += ["", meta["gd_jax_results_note"], ""]
     for name, block in results["configs"].items():
         p = block["config"]["published"]
