@@ -5,8 +5,8 @@ learning rates, L2 strengths) as one compiled epoch: gd_jax's sweep epoch
 (``gd.make_sweep_epoch``, ``gd.make_epoch`` vmapped over the stacked parameters, the
 hyperparameters and the batch orders), so a 20-seed run compiles once. It is ``gd.sweep``'s
 engine with what the experiments add around it: several evaluation sets, a probe of every
-member after each epoch, and the textbook's halving schedule per member. Each member draws its keys exactly as
-``gd-jax train --seed`` does (``gd.seed_keys``) and visits the rows in
+member after each epoch, and the textbook's halving schedule per member. Each member draws
+its keys exactly as ``gd-jax train --seed`` does (``gd.seed_keys``) and visits the rows in
 ``fit``'s order (``shuffled_order(fold_in(shuffle_key, epoch), n)``), so a member's curve is the
 curve ``gd.fit`` computes for that seed (equal up to float rounding of the batched products;
 ``tests/test_experiments.py`` checks it).
@@ -38,6 +38,7 @@ import numpy as np
 
 import gd_jax as gd
 from gd_jax.serialization import atomic_write_bytes
+from gd_jax.train import cost_and_accuracy
 
 Params = list[dict[str, jax.Array]]
 
@@ -91,12 +92,6 @@ def stack(trees: Sequence[Any]) -> Any:
 def unstack(tree: Any, i: int) -> Any:
     """Member ``i`` of a stacked pytree."""
     return jax.tree.map(lambda leaf: leaf[i], tree)
-
-
-def _measure(params, x, y, *, cost, n_classes):
-    """Mean cost and accuracy of one sigmoid MLP on ``(x, y)``."""
-    c = cost(params, x, jax.nn.one_hot(y, n_classes, dtype=x.dtype))
-    return c, jnp.mean(jnp.argmax(gd.forward(params, x), axis=-1) == y)
 
 
 def train_models(
@@ -160,7 +155,8 @@ def train_models(
                                     {"learning_rate": rates, "lmbda": lmbdas}, x, y, orders)
         return state.params, finite
 
-    measure = jax.vmap(lambda p, lmbda, x, y: _measure(p, x, y, cost=regularised(lmbda), n_classes=n_classes),
+    measure = jax.vmap(lambda p, lmbda, x, y: cost_and_accuracy(p, x, y, cost=regularised(lmbda),
+                                                                predict_fn=gd.forward, n_classes=n_classes),
                        in_axes=(0, 0, None, None))
     sets = {"train": (x, y)} | {name: (jnp.asarray(d.x), jnp.asarray(d.y)) for name, d in evals.items()}
 
