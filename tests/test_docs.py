@@ -5,7 +5,6 @@ that a renamed parameter, a new public name or a moved file shows up as a failin
 exactly which line to change.
 """
 
-import importlib
 import inspect
 import re
 from pathlib import Path
@@ -113,42 +112,6 @@ def test_readme_says_what_make_epoch_returns():
     epoch = gd.make_epoch(gd.quadratic_cost, gd.sgd(1.0), batch_size=1, n_classes=10)
     actual = list(inspect.signature(epoch).parameters)
     assert [p.strip() for p in shown[1].split(",")] == actual, f"README shows epoch({shown[1]}), the code {actual}"
-
-
-def _module_helper_lines() -> dict[str, list[str]]:
-    """``{module: [names]}`` from the README's list of names modules export beyond gd_jax.__all__."""
-    text = _section("The public API")
-    found = {}
-    for module, names in re.findall(r"^- `(gd_jax\.[\w.]+)`: (.*)$", text, re.M):
-        found[module] = re.findall(r"`([^`]+)`", names)
-    return found
-
-
-def _modules_with_all() -> list[str]:
-    modules = []
-    for path in sorted((ROOT / "gd_jax").rglob("*.py")):
-        if path.name == "__main__.py":
-            continue  # running it is the CLI
-        relative = path.relative_to(ROOT).with_suffix("")
-        parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
-        if "__all__" in path.read_text() and parts != ("gd_jax",):
-            modules.append(".".join(parts))
-    return modules
-
-
-def test_module_all_beyond_the_public_api_is_listed_in_the_readme():
-    """A module's __all__ may name more than gd_jax re-exports; the README lists exactly those extras."""
-    listed = _module_helper_lines()
-    problems = []
-    for module_name in _modules_with_all():
-        extras = sorted(set(importlib.import_module(module_name).__all__) - set(gd.__all__))
-        if sorted(listed.get(module_name, [])) != extras:
-            problems.append(f"`{module_name}`: {', '.join(f'`{n}`' for n in extras) or '(remove the line)'}"
-                            f" (README lists {listed.get(module_name, [])})")
-    stale = sorted(set(listed) - set(_modules_with_all()))
-    problems += [f"`{module}` has no __all__ (remove its line)" for module in stale]
-    assert not problems, ("README.md's list of module-level names (## The public API) should read:\n- "
-                          + "\n- ".join(problems))
 
 
 # Markdown files a source or document names: each must exist in the repository, else the
