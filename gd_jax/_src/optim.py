@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ PyTree = Any
 Schedule = Callable[[jax.Array], Any]
 
 #: optax's protocol type, which every optimizer here (and every optax one) is an instance of.
-GradientTransformation = optax.GradientTransformation
+GradientTransformation: TypeAlias = optax.GradientTransformation
 
 
 class ScaleState(NamedTuple):
@@ -108,7 +108,13 @@ class _Rule:
     """
 
     def _key(self) -> tuple:
-        return type(self), *(_value_key(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return type(self), *(_value_key(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    def init(self, params: PyTree) -> PyTree:
+        raise NotImplementedError
+
+    def update(self, updates: PyTree, state: PyTree, params: PyTree = None, **extra_args: Any) -> tuple[PyTree, PyTree]:
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
