@@ -1,0 +1,5 @@
+# %% [markdown]
+# # chapter3
+
+# %%
+print(1)

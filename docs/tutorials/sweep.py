@@ -1,0 +1,5 @@
+# %% [markdown]
+# # sweep
+
+# %%
+print(1)

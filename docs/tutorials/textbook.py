@@ -1,0 +1,5 @@
+# %% [markdown]
+# # textbook
+
+# %%
+print(1)
