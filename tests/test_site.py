@@ -3,11 +3,13 @@
 It serves ``site/`` (made by ``mkdocs build --strict``; built here when missing) on 127.0.0.1 and
 opens every page in Debian's ``chromium`` driven by Playwright (never a downloaded browser). A page
 fails on a status other than 200, a console error or uncaught exception, a request to any other
-host (the site must work offline), a failed request or a broken image. The site's search must find
+host (the site must work offline), a failed request, a broken image or a link to a page of the
+site that does not exist. The site's search must find
 a public name from the built files alone. A screenshot of the home page goes to
 ``build/docs/home.png`` (``GD_JAX_SITE_SCREENSHOT`` elsewhere).
 
-Skips, saying why, where chromium, Playwright or the site (and mkdocs to build it) is missing.
+Skips, saying why, where chromium, Playwright or the site (and mkdocs to build it) is missing;
+fails instead where ``GD_JAX_SITE_REQUIRE_BROWSER`` is set (``.ci/docs`` sets it).
 Settings: ``GD_JAX_SITE`` (the built site; default ``site/``), ``GD_JAX_CHROMIUM`` (default
 ``/usr/bin/chromium``).
 """
@@ -21,9 +23,18 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+
+def _skip(reason: str):
+    """Skips, unless GD_JAX_SITE_REQUIRE_BROWSER is set (CI: .ci/docs), where a missing piece fails."""
+    if os.environ.get("GD_JAX_SITE_REQUIRE_BROWSER"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("GD_JAX_SITE", ROOT / "site"))
@@ -37,7 +48,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def site() -> Path:
     if not (SITE / "index.html").exists():
         if shutil.which("mkdocs") is None and subprocess.run([sys.executable, "-c", "import mkdocs"]).returncode:
-            pytest.skip(f"no built site at {SITE} and mkdocs is not installed to build it (pip install -e '.[docs]')")
+            _skip(f"no built site at {SITE} and mkdocs is not installed to build it (pip install -e '.[docs]')")
         done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
                               cwd=ROOT, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-4000:]}"
@@ -63,9 +74,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium; or set GD_JAX_CHROMIUM)")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed "
-                                                                       "(pip install -e '.[docs]')")
+        _skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium; or set GD_JAX_CHROMIUM)")
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError:
+        _skip("Playwright is not installed (pip install -e '.[docs]')")
     profile = tmp_path_factory.mktemp("chromium-profile")
     with playwright_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
@@ -108,17 +121,26 @@ def _open(context, url: str, problems: list[str], origin: str):
 def test_every_page_opens_clean_in_chromium(site, server, browser):
     pages = _pages(site)
     assert len(pages) > 20, f"the site has only {len(pages)} pages: {pages}"
-    failures = []
+    failures, links = [], {}
     for path in pages:
         problems: list[str] = []
         page = _open(browser, server + path, problems, server)
+        for href in page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"):
+            if href.startswith(server):
+                links.setdefault(href.split("#")[0], path)
         if path == "/":
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=False)
         page.close()
-        if path == "/404.html":  # served directly it is an ordinary page, 200 included
-            pass
         failures += [f"{path}: {p}" for p in problems]
+    for url, where in sorted(links.items()):  # every link between pages leads somewhere
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        if status != 200:
+            failures.append(f"{where}: link to {url[len(server):]} gives {status}")
     assert not failures, f"{len(failures)} problems:\n" + "\n".join(failures[:50])
 
 
