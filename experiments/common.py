@@ -37,8 +37,8 @@ import jaxlib
 import numpy as np
 
 import gd_jax as gd
-from gd_jax.serialization import atomic_write_bytes
-from gd_jax.train import cost_and_accuracy
+from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.train import cost_and_accuracy
 
 Params = list[dict[str, jax.Array]]
 

@@ -5,12 +5,12 @@ of 10, 30 epochs) on the first 50,000 MNIST training digits, evaluating on the o
 10,000 test digits after each epoch as the book's ``network.py`` does, then writes into the
 output folder what ``gd-jax train`` writes into a run folder: ``history.png``,
 ``confusion.png``, ``misclassified.png``, ``hidden_weights.png``
-(``gd_jax.plotting.write_run_figures``) and a TensorBoard event file
-(``gd_jax.tensorboard.write_run_events``, with the parameter and gradient norms per epoch
+(``gd_jax._src.plotting.write_run_figures``) and a TensorBoard event file
+(``gd_jax._src.tensorboard.write_run_events``, with the parameter and gradient norms per epoch
 that ``gd.norms_recorder`` records); plus ``results.md`` and ``results.json`` (the
 history, the confusion matrix, the misclassified indices, the time each step took).
 
-Full MNIST is read from a folder holding it in any packaging (``gd_jax.data.genuine``,
+Full MNIST is read from a folder holding it in any packaging (``gd_jax._src.data.genuine``,
 verified by content); by default the project's ``shared/data/mnist-full`` found beside the
 repository or a folder above it.
 
@@ -30,11 +30,11 @@ import jax
 import numpy as np
 
 import gd_jax as gd
-from gd_jax.analysis import confusion_matrix, misclassified
-from gd_jax.data.genuine import read_genuine_mnist
-from gd_jax.data.mnist import to_dataset
-from gd_jax.plotting import write_run_figures
-from gd_jax.tensorboard import write_run_events
+from gd_jax._src.analysis import confusion_matrix, misclassified
+from gd_jax._src.data.genuine import read_genuine_mnist
+from gd_jax._src.data.mnist import to_dataset
+from gd_jax._src.plotting import write_run_figures
+from gd_jax._src.tensorboard import write_run_events
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "run_figures"

@@ -15,9 +15,9 @@ Example::
     gd.accuracy(params, test)
 """
 
-from gd_jax.analysis import confusion_matrix, hidden_weight_images, misclassified, norms_recorder
-from gd_jax.backprop import backprop
-from gd_jax.checkpoint import (
+from gd_jax._src.analysis import confusion_matrix, hidden_weight_images, misclassified, norms_recorder
+from gd_jax._src.backprop import backprop
+from gd_jax._src.checkpoint import (
     Checkpoint,
     CheckpointError,
     checkpoint_callback,
@@ -25,13 +25,17 @@ from gd_jax.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gd_jax.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_cost, quadratic_cost, with_l2
-from gd_jax.data import Dataset, load_mnist, read_idx, write_idx
-from gd_jax.data.genuine import read_genuine_mnist
-from gd_jax.gradients import batch_grad, finite_difference_grad, per_example_grads
-from gd_jax.images import load_trained_network, predict_images, preprocess_digit
-from gd_jax.network import ACTIVATIONS, forward, init_mlp, predict
-from gd_jax.optim import (
+from gd_jax._src.costs import COSTS, cross_entropy_cost, l2_penalty, log_likelihood_cost, quadratic_cost, with_l2
+from gd_jax._src.data.dataset import Dataset
+from gd_jax._src.data.genuine import read_genuine_mnist
+from gd_jax._src.data.idx import read_idx, write_idx
+from gd_jax._src.data.mnist import load_mnist
+from gd_jax._src.distributed import initialize_distributed
+from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
+from gd_jax._src.gradients import batch_grad, finite_difference_grad, per_example_grads
+from gd_jax._src.images import load_trained_network, predict_images, preprocess_digit
+from gd_jax._src.network import ACTIVATIONS, forward, init_mlp, predict
+from gd_jax._src.optim import (
     GradientTransformation,
     ScaleState,
     add_decayed_weights,
@@ -41,29 +45,13 @@ from gd_jax.optim import (
     sgd,
     sgd_update,
 )
-from gd_jax.parallel import (
-    PeerLostError,
-    data_mesh,
-    initialize_distributed,
-    make_data_parallel_epoch,
-    use_cpu_devices,
-)
-from gd_jax.plotting import plot_history, write_run_figures
-from gd_jax.serialization import load_params, save_params
-from gd_jax.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, seed_keys, sweep
-from gd_jax.tensorboard import write_run_events
-from gd_jax.train import (
-    DivergenceError,
-    EpochEnd,
-    History,
-    TrainState,
-    accuracy,
-    evaluate,
-    fit,
-    make_epoch,
-    mlp_predict,
-    shuffled_order,
-)
+from gd_jax._src.parallel import PeerLostError, data_mesh, make_data_parallel_epoch, use_cpu_devices
+from gd_jax._src.plotting import plot_history, write_run_figures
+from gd_jax._src.seeds import seed_keys
+from gd_jax._src.serialization import load_params, save_params
+from gd_jax._src.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, sweep
+from gd_jax._src.tensorboard import write_run_events
+from gd_jax._src.train import DivergenceError, EpochEnd, History, accuracy, evaluate, fit, mlp_predict
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
-"""``python -m gd_jax`` is the ``gd-jax`` command."""
+"""``python -m gd_jax``: the ``gd-jax`` command."""
 
 import sys
 
-from gd_jax.cli import main
+from gd_jax.cli.main import main
 
 sys.exit(main())

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gd_jax._src.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gd_jax._src.data.idx import IDX_FILES
 from gd_jax.cli import main
-from gd_jax.data.mnist import IDX_FILES
 
 # --- the Python API ----------------------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax import bench, cli
-from gd_jax.runs import BadInput
+from gd_jax import cli
+from gd_jax.cli import bench
+from gd_jax.cli.runs import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -250,7 +251,7 @@ def _has_backend(name: str) -> bool:
     (["--variants", "gd_jax,numpyy"], "unknown variants ['numpyy']"),
     (["--json", "/no/such/folder/r.json"], "--json folder '/no/such/folder' does not exist"),
 ])
-@pytest.mark.parametrize("entry", ["gd-jax bench", "python -m gd_jax.bench"])
+@pytest.mark.parametrize("entry", ["gd-jax bench", "python -m gd_jax.cli.bench"])
 def test_the_command_prints_one_line_and_exits_2_on_bad_options(entry, argv, message, capsys):
     status = cli.main(["bench", *argv]) if entry == "gd-jax bench" else bench.main(argv)
     assert status == 2

@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import gd_jax as gd
-from gd_jax import checkpoint as ck
-from gd_jax.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from gd_jax._src import checkpoint as ck
+from gd_jax._src.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 
 SIZES = [6, 5, 3]
 OPTIMIZERS = {

@@ -386,8 +386,8 @@ def test_patience_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("activation, saturating", [("sigmoid", True), ("tanh", True), ("relu", False)])
 def test_divergence_message_speaks_in_flags_and_says_saturating_only_for_bounded_neurons(activation, saturating):
-    from gd_jax.cli import _divergence
-    from gd_jax.train import DivergenceError
+    from gd_jax._src.train import DivergenceError
+    from gd_jax.cli.train import _divergence
 
     e = DivergenceError("library words", epoch=2, history=gd.History(), last_finite=None, growth=44.0,
                         max_growth=10.0, cost_finite=True)

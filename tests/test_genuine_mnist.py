@@ -1,4 +1,4 @@
-"""Genuine MNIST recognised by content in any packaging (gd_jax.data.genuine).
+"""Genuine MNIST recognised by content in any packaging (gd_jax._src.data.genuine).
 
 Small tests use a few hundred digits of the embedded sample written out in each packaging,
 with their content hashes accepted as genuine (the sample's test files are the genuine ones,
@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax.data import genuine
-from gd_jax.data.genuine import MnistChecksumError, MnistNotFoundError, read_genuine_mnist
-from gd_jax.data.idx import idx_bytes, read_idx_bytes
-from gd_jax.data.mnist import IDX_FILES, read_mnist_idx_dir
+from gd_jax._src.data import genuine
+from gd_jax._src.data.genuine import MnistChecksumError, MnistNotFoundError, read_genuine_mnist
+from gd_jax._src.data.idx import IDX_FILES, idx_bytes, read_idx_bytes
+from gd_jax._src.data.mnist import read_mnist_idx_dir
 
-SAMPLE_DIR = str(resources.files("gd_jax.data") / "sample")
+SAMPLE_DIR = str(resources.files("gd_jax._src.data") / "sample")
 STEMS = list(IDX_FILES.values())
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 
 import gd_jax as gd
 
-SAMPLE = resources.files("gd_jax.data") / "sample"
+SAMPLE = resources.files("gd_jax._src.data") / "sample"
 # From the sample's provenance notes: the files must ship unchanged.
 SHA256 = {
     "train-images-idx3-ubyte.gz": "2c9c1df9c96791cbe2db901ec6fa96714107f0c7f3b861c7fc7a635ac38b37b6",

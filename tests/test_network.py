@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax.network import layer_sizes
+from gd_jax._src.network import layer_sizes
 
 
 @pytest.mark.parametrize("sizes", [[784, 30, 10], [2, 3], [5, 4, 3, 2]])

@@ -43,7 +43,7 @@ import numpy as np
 
 jax.config.update("jax_num_cpu_devices", 4)
 import gd_jax as gd
-from gd_jax.parallel import data_mesh
+from gd_jax._src.parallel import data_mesh
 
 train, test = gd.load_mnist("sample")
 mesh = data_mesh(4)
@@ -154,7 +154,7 @@ def test_launch_two_processes_writes_one_run_folder_equal_to_one_process(tmp_pat
 
 
 def _free_port() -> int:
-    from gd_jax.launch import free_port
+    from gd_jax.cli.launch import free_port
 
     return free_port("127.0.0.1")
 
@@ -211,7 +211,7 @@ def _one_line(err: str) -> str:
     ("SIGSTOP", "process 0 of 2 lost contact with process 1: no sign of life for"),
 ])
 def test_a_dead_or_hung_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp_path, signal_name, says):
-    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
+    from gd_jax._src.checkpoint import latest_checkpoint, read_checkpoint_manifest
 
     survivor, err, waited, hosts = _stop_one_of_two(tmp_path, 1, signal_name)
     assert survivor.returncode == 4, err[-3000:]
@@ -245,7 +245,7 @@ def test_a_hung_coordinator_stops_the_other_in_one_line(tmp_path):
 
 _MISMATCH = """
 import json, sys
-from gd_jax import parallel
+from gd_jax._src import parallel
 process_id, port = int(sys.argv[1]), sys.argv[2]
 parallel.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
 import jax

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from gd_jax.parallel import PeerLostError
-from gd_jax.peer_watch import DONE, PeerWatch
+from gd_jax._src.parallel import PeerLostError
+from gd_jax._src.peer_watch import DONE, PeerWatch
 
 
 class Store:

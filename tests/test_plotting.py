@@ -1,4 +1,4 @@
-"""Run figures (gd_jax.plotting) and the numbers behind them (gd_jax.analysis).
+"""Run figures (gd_jax._src.plotting) and the numbers behind them (gd_jax._src.analysis).
 
 The numbers are checked against a forward pass written here in numpy and against
 ``gd.evaluate``; the figures are checked as files (valid PNGs of the documented pixel size,
@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import gd_jax as gd
-from gd_jax import plotting
-from gd_jax.analysis import confusion_matrix, hidden_weight_images, misclassified
+from gd_jax._src import plotting
+from gd_jax._src.analysis import confusion_matrix, hidden_weight_images, misclassified
 
 CONFIG = {"sizes": [784, 30, 10], "epochs": 2, "batch_size": 10, "learning_rate": 3.0, "momentum": 0.5,
           "nesterov": False, "cost": "quadratic", "activation": "sigmoid", "init": "normal", "seed": 7,

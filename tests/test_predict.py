@@ -1,4 +1,4 @@
-"""``gd-jax predict``: a trained network on image files (gd_jax.images).
+"""``gd-jax predict``: a trained network on image files (gd_jax._src.images).
 
 Real test digits are written out as image files, as people would hand them over (28x28 as
 they are, or inverted, enlarged and off-centre on a larger canvas, as PNG and JPEG); the
@@ -23,14 +23,8 @@ import pytest
 from PIL import Image
 
 import gd_jax as gd
-from gd_jax.images import (
-    add_predict_arguments,
-    load_trained_network,
-    predict_images,
-    preprocess_digit,
-    read_grey_image,
-    run_predict,
-)
+from gd_jax._src.images import load_trained_network, predict_images, preprocess_digit, read_grey_image
+from gd_jax.cli.predict import add_predict_arguments, run_predict
 
 N = 200
 

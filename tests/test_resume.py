@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from gd_jax._src.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from gd_jax.cli import main
 
 # Epochs long enough to be killed inside one (5,000 single-example steps, 0.15-0.25 s on a
@@ -80,17 +80,17 @@ def _assert_same_run(a, b, *, momentum=False):
     assert _without_seconds(ha) == _without_seconds(hb)
 
 
-# The same child, counting the epochs it trains: fit draws one batch order (gd_jax.train.shuffled_order)
+# The same child, counting the epochs it trains: fit draws one batch order (gd_jax._src.train.shuffled_order)
 # as each epoch begins, and the child appends a line to $GD_JAX_TEST_ORDERS for each.
 _COUNTING_CHILD = """\
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import gd_jax.train
-draw, log = gd_jax.train.shuffled_order, open(os.environ["GD_JAX_TEST_ORDERS"], "a", buffering=1)
+import gd_jax._src.train
+draw, log = gd_jax._src.train.shuffled_order, open(os.environ["GD_JAX_TEST_ORDERS"], "a", buffering=1)
 def counted(key, n):
     log.write("order\\n")
     return draw(key, n)
-gd_jax.train.shuffled_order = counted
+gd_jax._src.train.shuffled_order = counted
 from gd_jax.cli import main
 sys.exit(main())
 """

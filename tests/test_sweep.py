@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import gd_jax as gd
-from gd_jax.sweep import grid_points, seed_keys, sweep
+from gd_jax._src.sweep import grid_points, seed_keys, sweep
 
 SIZES = [784, 12, 10]
 init = functools.partial(gd.init_mlp, sizes=SIZES)

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent("""
     import functools, sys
     import jax, numpy as np
     import gd_jax as gd
-    from gd_jax.sweep import sweep
+    from gd_jax._src.sweep import sweep
 
     assert len(jax.devices()) == 4, jax.devices()
     train, test = gd.load_mnist("sample")

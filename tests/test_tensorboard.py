@@ -1,4 +1,4 @@
-"""TensorBoard event files of a run folder (gd_jax.tensorboard), read back by TensorBoard itself.
+"""TensorBoard event files of a run folder (gd_jax._src.tensorboard), read back by TensorBoard itself.
 
 Nothing here trusts the writer: every test reads the event files with tensorboard's own
 ``EventAccumulator`` (what ``tensorboard --logdir`` uses) and the HParams plugin's protocol
@@ -20,8 +20,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import gd_jax as gd
-from gd_jax.plotting import write_run_figures
-from gd_jax.tensorboard import EVENT_SUFFIX, hparams_of, scalars_of, write_run_events
+from gd_jax._src.plotting import write_run_figures
+from gd_jax._src.tensorboard import EVENT_SUFFIX, hparams_of, scalars_of, write_run_events
 
 CONFIG = {"sizes": [784, 30, 10], "epochs": 3, "batch_size": 10, "learning_rate": 3.0, "momentum": None,
           "nesterov": False, "cost": "quadratic", "activation": "sigmoid", "init": "normal", "seed": 2,
@@ -155,7 +155,7 @@ def test_bad_input_writes_nothing(run, tmp_path):
 def test_a_fresh_process_writes_events_without_tensorflow_or_torch(run, tmp_path):
     _, history, _ = run
     (tmp_path / "history.json").write_text(json.dumps({"config": CONFIG, **history.to_dict()}))
-    code = ("import json, sys; from gd_jax.tensorboard import write_run_events; "
+    code = ("import json, sys; from gd_jax._src.tensorboard import write_run_events; "
             "h = json.load(open(sys.argv[1] + '/history.json')); write_run_events(sys.argv[1], h, h['config']); "
             "print(sorted({'tensorflow', 'torch', 'tensorboardX'} & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
@@ -166,7 +166,7 @@ def test_a_fresh_process_writes_events_without_tensorflow_or_torch(run, tmp_path
 
 
 def test_norms_recorded_per_epoch_equal_numpy_and_backprop(mnist_sample, tmp_path):
-    from gd_jax.analysis import gradient_norm, norms_recorder, parameter_norm
+    from gd_jax._src.analysis import gradient_norm, norms_recorder, parameter_norm
 
     train = mnist_sample[0].take(500)
     seen = []

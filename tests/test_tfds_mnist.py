@@ -1,4 +1,4 @@
-"""Full MNIST through tensorflow-datasets (gd_jax.data.tfds_mnist), offline.
+"""Full MNIST through tensorflow-datasets (gd_jax._src.data.tfds_mnist), offline.
 
 The real builder, download manager, checksum verification and ``data_source`` code run on the
 embedded sample and on IDX files made here; only three things are replaced: the builder's
@@ -30,12 +30,12 @@ import requests
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums, downloader
 
-from gd_jax.data import genuine, tfds_mnist
-from gd_jax.data.idx import read_idx_bytes, write_idx
-from gd_jax.data.mnist import load_mnist, read_mnist_idx_dir
-from gd_jax.data.tfds_mnist import GZ_FILES, GdJaxMnist, MnistChecksumError, MnistNotFoundError, load_full_mnist
+from gd_jax._src.data import genuine, tfds_mnist
+from gd_jax._src.data.idx import read_idx_bytes, write_idx
+from gd_jax._src.data.mnist import load_mnist, read_mnist_idx_dir
+from gd_jax._src.data.tfds_mnist import GZ_FILES, GdJaxMnist, MnistChecksumError, MnistNotFoundError, load_full_mnist
 
-SAMPLE_DIR = str(resources.files("gd_jax.data") / "sample")
+SAMPLE_DIR = str(resources.files("gd_jax._src.data") / "sample")
 URLS = {name: urllib.parse.urljoin(GdJaxMnist.URL, name) for name in GZ_FILES.values()}
 
 
@@ -174,7 +174,7 @@ def test_builder_path_equals_plain_idx_reader(tmp_path, accept, reference, netwo
 
 
 def test_load_mnist_source_mnist_equals_source_sample(data_dir):
-    # gd_jax.data.mnist's own split and scaling on top: the same Datasets from both sources.
+    # gd_jax._src.data.mnist's own split and scaling on top: the same Datasets from both sources.
     got = load_mnist("mnist", validation=True, validation_size=1000, data_dir=data_dir)
     want = load_mnist("sample", validation=True, validation_size=1000)
     assert [d.size for d in got] == [4000, 1000, 10000]
@@ -429,7 +429,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(data_dir, reference, corrupt, cap
     load_full_mnist(data_dir=data_dir)
     path = cache_path(data_dir)
     corrupt(path)
-    with caplog.at_level(logging.WARNING, logger="gd_jax.data.tfds_mnist"):
+    with caplog.at_level(logging.WARNING, logger="gd_jax._src.data.tfds_mnist"):
         assert_same(load_full_mnist(data_dir=data_dir), reference)
     assert "corrupt or stale; rebuilding" in caplog.text
     counts = {"train": 5000, "test": 10000}

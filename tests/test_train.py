@@ -278,11 +278,11 @@ def test_a_second_fit_with_equal_settings_compiles_nothing(small_train):
 
 def test_compilation_happens_before_the_first_epoch_is_timed(small_train, monkeypatch):
     """Every compile of a fit happens in its ahead-of-time phase, none inside the timed epochs."""
-    import gd_jax.train
+    import gd_jax._src.train
 
     params = gd.init_mlp(jax.random.key(0), [784, 26, 10])  # a shape no other test compiles
     events = []
-    ahead_of_time = gd_jax.train._compiled
+    ahead_of_time = gd_jax._src.train.compile_cached
 
     def marked(*args, **kwargs):
         compiled = ahead_of_time(*args, **kwargs)
@@ -293,7 +293,7 @@ def test_compilation_happens_before_the_first_epoch_is_timed(small_train, monkey
         if name == "/jax/core/compile/backend_compile_duration":
             events.append("backend compile")
 
-    monkeypatch.setattr(gd_jax.train, "_compiled", marked)
+    monkeypatch.setattr(gd_jax._src.train, "compile_cached", marked)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         _, history = gd.fit(params, small_train, epochs=3, batch_size=10, optimizer=gd.sgd(3.0),

@@ -28,9 +28,16 @@ def _normalise(name: str) -> str:
 
 
 def _requirements(group: str | None = None) -> dict[str, Requirement]:
-    """``{package: requirement}``: the run dependencies, or those of one optional extra."""
+    """``{package: requirement}``: the run dependencies, or those of one optional extra (with the extras it names)."""
     lines = PROJECT["dependencies"] if group is None else PROJECT["optional-dependencies"][group]
-    return {_normalise(r.name): r for r in map(Requirement, lines)}
+    found = {}
+    for r in map(Requirement, lines):
+        if _normalise(r.name) == _normalise(PROJECT["name"]):  # gd-jax[viz]: another extra of this project
+            for extra in sorted(r.extras):
+                found.update(_requirements(extra))
+        else:
+            found[_normalise(r.name)] = r
+    return found
 
 
 def pinned_versions(path: Path) -> dict[str, str]:

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import gd_jax as gd
-from gd_jax import checkpoint as ck
+from gd_jax._src import checkpoint as ck
 
 
 def import_seconds(statement: str, repeats: int) -> float:
@@ -114,8 +114,8 @@ def main() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
     print(f"jax {jax.__version__}, {jax.devices()[0]}, {os.cpu_count()} CPUs")
 
-    base = import_seconds("import gd_jax, gd_jax.checkpoint", args.repeats)
-    with_orbax = import_seconds("import gd_jax, gd_jax.checkpoint, orbax.checkpoint", args.repeats)
+    base = import_seconds("import gd_jax, gd_jax._src.checkpoint", args.repeats)
+    with_orbax = import_seconds("import gd_jax, gd_jax._src.checkpoint, orbax.checkpoint", args.repeats)
     print(f"\nimport: gd_jax + its checkpoint module {base:.2f} s; + orbax.checkpoint {with_orbax:.2f} s "
           f"(+{with_orbax - base:.2f} s per process)")
 

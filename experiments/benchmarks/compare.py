@@ -2,7 +2,7 @@
 
 A variant slowed when its median seconds per epoch grew by more than the two runs' noise
 together (each run's half-range over its median) and by at least 5%; see
-``gd_jax.bench.compare_results``. Exit status 1 when any variant slowed, so that a script can
+``gd_jax.cli.bench.compare_results``. Exit status 1 when any variant slowed, so that a script can
 gate on it; 2 for unreadable files.
 
 Run: ``python experiments/benchmarks/compare.py OLD.json NEW.json``
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from gd_jax.bench import compare_results
+from gd_jax.cli.bench import compare_results
 
 
 def _read(path: str) -> dict:

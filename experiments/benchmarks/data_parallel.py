@@ -40,7 +40,7 @@ import numpy as np
 devices, processes, process_id, port, rows, batch_size, epochs, drift_batch = sys.argv[1:9]
 devices, processes, process_id = int(devices), int(processes), int(process_id)
 rows, batch_size, epochs, drift_batch = int(rows), int(batch_size), int(epochs), int(drift_batch)
-from gd_jax import parallel
+from gd_jax._src import parallel
 if processes > 1:
     parallel.initialize_distributed(f"127.0.0.1:{port}", processes, process_id, local_devices=devices)
 else:
@@ -84,7 +84,7 @@ print(json.dumps(out))
 
 
 def run(devices: int, processes: int, args: argparse.Namespace, drift_batch: int = 0) -> dict:
-    from gd_jax.launch import free_port
+    from gd_jax.cli.launch import free_port
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -28,13 +28,13 @@ from importlib import resources
 import numpy as np
 from tensorflow_datasets.core.download import checksums
 
-from gd_jax.data import tfds_mnist
-from gd_jax.data.idx import read_idx, write_idx
-from gd_jax.data.mnist import read_mnist_idx_dir
+from gd_jax._src.data import tfds_mnist
+from gd_jax._src.data.idx import read_idx, write_idx
+from gd_jax._src.data.mnist import read_mnist_idx_dir
 
 
 def make_files(folder: str) -> None:
-    sample = read_mnist_idx_dir(resources.files("gd_jax.data") / "sample")
+    sample = read_mnist_idx_dir(resources.files("gd_jax._src.data") / "sample")
     train_images, train_labels = (np.tile(a, (12,) + (1,) * (a.ndim - 1)) for a in sample["train"])
     arrays = {"train": (train_images, train_labels), "test": sample["test"]}
     for split in tfds_mnist.SPLITS:
@@ -88,7 +88,7 @@ def main() -> None:
         t_cached, cached = best_of(args.repeats, lambda: tfds_mnist.load_full_mnist(data_dir=data_dir))
 
         code = (
-            "import time; t = time.perf_counter(); from gd_jax.data import tfds_mnist; "
+            "import time; t = time.perf_counter(); from gd_jax._src.data import tfds_mnist; "
             f"a = tfds_mnist.load_full_mnist(data_dir={data_dir!r}); print(time.perf_counter() - t)"
         )
         fresh = [

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gd_jax as gd
-from gd_jax.sweep import make_sweep_epoch, model_axes
-from gd_jax.train import shuffled_order
+from gd_jax._src.epoch import shuffled_order
+from gd_jax._src.sweep import make_sweep_epoch, model_axes
 
 SIZES = [784, 30, 10]
 ROWS = 60_000

@@ -19,8 +19,7 @@ import zipfile
 
 import numpy as np
 
-from gd_jax.data.idx import idx_bytes, parse_idx, read_idx_bytes
-from gd_jax.data.mnist import IDX_FILES
+from gd_jax._src.data.idx import IDX_FILES, idx_bytes, parse_idx, read_idx_bytes
 
 __all__ = [
     "GENUINE_SHA256",

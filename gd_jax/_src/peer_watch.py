@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gd_jax._src.parallel import PeerLostError
+
 __all__ = ["PeerWatch"]
 
 PREFIX = "gd_jax/alive/"
@@ -93,8 +95,6 @@ class PeerWatch:
 
     def hung(self) -> Exception | None:
         """The ``PeerLostError`` of the first peer silent for ``silence_s`` (None: all alive)."""
-        from gd_jax.parallel import PeerLostError
-
         now = self.clock()
         me, n = self.process_id, self.num_processes
         if now - self._last_answer > self.silence_s:

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.costs import Cost
-from gd_jax.network import Params
+from gd_jax._src.costs import Cost
+from gd_jax._src.network import Params
 
 __all__ = ["batch_grad", "finite_difference_grad", "per_example_grads"]
 

@@ -51,7 +51,7 @@ the transfer).
 
 From Python::
 
-    import gd_jax.bench as bench
+    import gd_jax.cli.bench as bench
     result = bench.run(bench.BenchConfig(batch_sizes=(10, 128)))
     print(bench.format_table(result))
 """
@@ -78,18 +78,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+import optax
 
-from gd_jax.backprop import backprop
-from gd_jax.costs import COSTS
-from gd_jax.data import Dataset, load_mnist
-from gd_jax.gradients import batch_grad, per_example_grads
-from gd_jax.network import init_mlp
-from gd_jax.optim import apply_updates, sgd
-from gd_jax.runs import BadInput, bad_input
-from gd_jax.serialization import atomic_write_bytes
-from gd_jax.sweep import make_sweep_epoch, model_axes
-from gd_jax.train import EpochEnd, TrainState, fit, make_epoch, shuffled_order
+from gd_jax._src.backprop import backprop
+from gd_jax._src.costs import COSTS
+from gd_jax._src.data import Dataset, load_mnist
+from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
+from gd_jax._src.gradients import batch_grad, per_example_grads
+from gd_jax._src.network import init_mlp
+from gd_jax._src.optim import apply_updates, sgd
+from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.sweep import make_sweep_epoch, model_axes
+from gd_jax._src.train import EpochEnd, fit
+from gd_jax.cli.runs import BadInput, bad_input
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -306,8 +309,6 @@ def _git_commit() -> dict[str, Any] | None:
 
 def describe_machine(device: jax.Device) -> dict[str, Any]:
     """The machine and software a run measured: device, cores, load, versions, thread settings."""
-    import jaxlib
-
     versions = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                 "numpy": np.__version__}
     for name in ("optax", "torch"):
@@ -420,10 +421,6 @@ def _build_gd_jax(p: _Problem, optimizer=None) -> _Runner:
 
 
 def _build_optax(p: _Problem) -> _Runner:
-    try:
-        import optax
-    except ImportError as e:
-        raise _Skipped("optax is not installed") from e
     return _build_gd_jax(p, optax.sgd(p.config.learning_rate))
 
 
@@ -1299,7 +1296,7 @@ def run_bench(args: argparse.Namespace, command_line: str | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gd_jax.bench [options]``: the same command as ``gd-jax bench``; returns the exit status.
+    """``python -m gd_jax.cli.bench [options]``: the same command as ``gd-jax bench``; returns the exit status.
 
     Bad options print one line on stderr and return 2, before anything is measured or written.
     """
@@ -1307,11 +1304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_bench(args, "python -m gd_jax.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+        return run_bench(args, "python -m gd_jax.cli.bench " + " ".join(sys.argv[1:] if argv is None else argv))
     except BadInput as e:
         print(f"gd-jax bench: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

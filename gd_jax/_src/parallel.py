@@ -34,52 +34,34 @@ whole on every device (it may not split evenly), which gives exactly the single-
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gd_jax.costs import Cost
-from gd_jax.optim import GradientTransformation, apply_updates
-from gd_jax.peer_watch import PeerWatch
-from gd_jax.train import TrainState
+from gd_jax._src.costs import Cost
+from gd_jax._src.epoch import TrainState
+from gd_jax._src.jax_internals import backend_started
+from gd_jax._src.optim import GradientTransformation, apply_updates
 
 __all__ = [
     "DATA_AXIS",
-    "EXIT_PEER_LOST",
     "PeerLostError",
-    "add_parallel_arguments",
     "check_batch_size",
     "check_same_across_processes",
-    "cpu_count",
     "data_mesh",
     "data_parallel_epoch",
-    "exit_peer_lost",
     "fingerprint",
-    "initialize_distributed",
-    "is_writer",
     "make_data_parallel_epoch",
-    "start_parallel",
     "use_cpu_devices",
-    "watch_peers",
 ]
 
 DATA_AXIS = "data"
-
-# JAX's defaults wait 300 s for peers to start and 100 s for a silent one: a lost peer would
-# hang the others for minutes. These make a missing or dead peer an error within 30 s.
-INITIALIZATION_TIMEOUT_S = 20
-HEARTBEAT_TIMEOUT_S = 24  # JAX's own check: the backstop, which aborts with pages of logs
-HANG_SILENCE_S = 8  # gd_jax's check (peer_watch), one line; below half of JAX's, so it comes first
-SHUTDOWN_TIMEOUT_S = 60  # at a normal end, how long the others wait for process 0 to write its files
-
-EXIT_PEER_LOST = 4  # the CLI's exit status when a peer process died or hung
-
 
 class PeerLostError(RuntimeError):
     """Another process of a multi-process run died, hung or could not be reached."""
@@ -98,9 +80,7 @@ def use_cpu_devices(n: int) -> None:
     """
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"the number of CPU devices must be a positive integer, got {n!r}; e.g. --devices 4")
-    from jax._src import xla_bridge  # the only way to ask whether the backend has started
-
-    if xla_bridge.backends_are_initialized():
+    if backend_started():
         if len(jax.devices("cpu")) == n:
             return
         raise ValueError(f"JAX's backend has already started with {len(jax.devices('cpu'))} CPU devices, so it "
@@ -246,8 +226,6 @@ def check_same_across_processes(what: str, digest: str, fix: str) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     mine = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
     differ = [p for p in range(len(every)) if not np.array_equal(every[p], every[0])]
@@ -348,169 +326,3 @@ def _peer_lost(e: BaseException) -> PeerLostError:
     who = f"process {others[0]}" if len(others) == 1 else f"one of processes {', '.join(map(str, others))}"
     detail = " ".join(str(e).split())[:160]
     return PeerLostError(f"process {me} of {count} lost contact with {who}: it died or hung ({detail})")
-
-
-def initialize_distributed(coordinator: str, num_processes: int, process_id: int, *,
-                           local_devices: int | None = None, initialization_timeout: int = INITIALIZATION_TIMEOUT_S,
-                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S) -> None:
-    """Joins a multi-process run through ``jax.distributed``, with timeouts that fail fast.
-
-    Call it first, before any JAX computation. Process 0 runs the coordinator, bound to
-    exactly ``coordinator`` (JAX's default binds every interface); every process must be
-    started within ``initialization_timeout`` seconds, and a process that sends no
-    heartbeat for ``heartbeat_timeout`` seconds counts as dead, which stops the others.
-
-    Args:
-      coordinator: ``HOST:PORT`` of process 0, reachable from every process (``127.0.0.1``
-        for processes on one machine).
-      num_processes: how many processes take part.
-      process_id: this process's number, 0 to ``num_processes - 1``.
-      local_devices: on CPU, how many devices this process presents (``use_cpu_devices``).
-      initialization_timeout: seconds to wait for every process to join.
-      heartbeat_timeout: seconds of silence after which a peer counts as dead.
-
-    Raises:
-      ValueError: malformed arguments (one line naming the fix).
-      PeerLostError: a peer did not join in time.
-    """
-    host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--coordinator wants HOST:PORT of process 0, e.g. 127.0.0.1:1234, got {coordinator!r}")
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"--num-processes must be a positive integer, got {num_processes!r}")
-    if not isinstance(process_id, int) or not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id must be between 0 and {num_processes - 1} for {num_processes} processes, "
-                         f"got {process_id!r}")
-    if local_devices is not None:
-        use_cpu_devices(local_devices)
-    # gd_jax does not use JAX's preemption notices; off, a lost coordinator logs no extra lines about them.
-    jax.config.update("jax_enable_preemption_service", False)
-    try:
-        jax.distributed.initialize(coordinator, num_processes, process_id, coordinator_bind_address=coordinator,
-                                   initialization_timeout=initialization_timeout,
-                                   heartbeat_timeout_seconds=heartbeat_timeout,
-                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
-    except RuntimeError as e:
-        if "only be called once" in str(e) or "backend" in str(e):
-            raise
-        detail = " ".join(str(e).split())[:200]
-        raise PeerLostError(f"process {process_id} of {num_processes} could not join the run at {coordinator} within "
-                            f"{initialization_timeout} s: start all {num_processes} processes with the same "
-                            f"--coordinator ({detail})") from None
-    if jax.process_count() != num_processes:  # pragma: no cover - jax.distributed guarantees it
-        raise PeerLostError(f"expected {num_processes} processes, JAX sees {jax.process_count()}")
-
-
-def cpu_count() -> int:
-    """The CPU cores this process may run on (``--devices all`` on a CPU-only machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-# The command line: `gd-jax train --devices N|all`, `--coordinator HOST:PORT --num-processes N --process-id I`.
-
-
-def _devices_flag(text: str) -> int | str:
-    if text == "all":
-        return text
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    import argparse
-
-    raise argparse.ArgumentTypeError(f"--devices wants a positive number or 'all', got {text!r}")
-
-
-def add_parallel_arguments(parser: Any) -> None:
-    """Adds ``--devices`` and the multi-process flags to an ``argparse`` parser."""
-    group = parser.add_argument_group("devices and processes (see README, More devices and hosts)")
-    group.add_argument("--devices", type=_devices_flag, default=None, metavar="N|all",
-                       help="train data-parallel on N devices of each process (all: every one; on a CPU-only "
-                            "machine N CPU devices are made, all = one per core); the batch size must divide by "
-                            "the total device count")
-    group.add_argument("--coordinator", metavar="HOST:PORT",
-                       help="address of process 0 in a multi-process run (with --num-processes, --process-id)")
-    group.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
-    group.add_argument("--process-id", type=int, default=None, metavar="I", help="this process, 0 to N-1")
-
-
-def start_parallel(args: Any) -> Mesh | None:
-    """Acts on the flags of ``add_parallel_arguments``: call before any JAX computation.
-
-    Makes the CPU devices asked for, joins the multi-process run, and returns the mesh to
-    pass to ``fit`` (None: one device, the default).
-
-    Raises:
-      ValueError: inconsistent flags (one line naming the fix).
-      PeerLostError: the other processes did not join in time.
-    """
-    distributed = (args.coordinator, args.num_processes, args.process_id)
-    if any(v is not None for v in distributed) and any(v is None for v in distributed):
-        raise ValueError("a multi-process run needs all of --coordinator HOST:PORT, --num-processes N and "
-                         "--process-id I (or use: gd-jax launch -n N train ...)")
-    local = cpu_count() if args.devices == "all" else args.devices
-    if distributed[0] is not None:
-        # JAX aborts a process whose peers do not join in time, with pages of runtime logs;
-        # say it in one line just before that.
-        import threading
-
-        late = PeerLostError(f"process {args.process_id} of {args.num_processes} could not join the run at "
-                             f"{args.coordinator} within {INITIALIZATION_TIMEOUT_S} s: start all {args.num_processes} "
-                             "processes with the same --coordinator (process 0's address), each with its own "
-                             "--process-id")
-        watchdog = threading.Timer(INITIALIZATION_TIMEOUT_S - 0.5, exit_peer_lost, (late,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            initialize_distributed(args.coordinator, args.num_processes, args.process_id, local_devices=local)
-        finally:
-            watchdog.cancel()
-        args.peer_watch = watch_peers(args.process_id, args.num_processes,
-                                      on_lost=lambda e: exit_peer_lost(e, resume=getattr(args, "run_folder", None)))
-    elif local is not None:
-        use_cpu_devices(local)
-    if args.devices is None and distributed[0] is None:
-        return None
-    return data_mesh(None if args.devices in (None, "all") else args.devices)
-
-
-def watch_peers(process_id: int, num_processes: int, *, on_lost: Callable[[Exception], None],
-                silence_s: float = HANG_SILENCE_S) -> PeerWatch | None:
-    """Starts a ``PeerWatch`` on ``jax.distributed``'s client: a hung peer ends in ``on_lost``.
-
-    Call it after ``initialize_distributed``; call ``stop()`` on the result when the work is
-    done (it is also stopped at interpreter exit), so that the others do not wait for this
-    process while they finish. Returns None when JAX offers no client to watch through
-    (its own heartbeat check then remains).
-    """
-    import atexit
-
-    # The client is not public API; orbax reads it the same way. Without it, JAX's check stays.
-    from jax._src import distributed
-
-    client = getattr(distributed.global_state, "client", None)
-    if client is None or not hasattr(client, "key_value_dir_get"):
-        return None
-    watch = PeerWatch(client, process_id, num_processes, on_lost=on_lost, silence_s=silence_s).start()
-    atexit.register(watch.stop)
-    return watch
-
-
-def is_writer() -> bool:
-    """True in the process that writes files (process 0; the only one without jax.distributed)."""
-    return jax.process_index() == 0
-
-
-def exit_peer_lost(error: PeerLostError, resume: str | None = None) -> None:
-    """Prints ``error`` as one line and ends the process at once with ``EXIT_PEER_LOST``.
-
-    ``os._exit`` skips ``jax.distributed``'s shutdown, which would otherwise wait for the
-    lost peer and then abort the process with pages of runtime logs.
-    """
-    import sys
-
-    hint = f"; continue with: gd-jax launch -n {jax.process_count()} train --resume {resume}" if resume else ""
-    print(f"gd-jax: error: {error}{hint}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(EXIT_PEER_LOST)

@@ -39,7 +39,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gd_jax.train import History
+from gd_jax._src.extras import require
+from gd_jax._src.train import History
 
 __all__ = ["EVENT_SUFFIX", "SCALAR_TAGS", "hparams_of", "scalars_of", "write_run_events"]
 
@@ -144,6 +145,7 @@ def write_run_events(
       FileNotFoundError: no run folder, or a figure is missing.
       ValueError: a figure is not a PNG.
     """
+    require("tensorboard", purpose="TensorBoard event files")
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import summary_v2 as hp

@@ -3,12 +3,11 @@
 Every ``gd-jax train`` option but ``--patience`` and ``--eta-schedule`` is accepted; ``--eta``
 (``--learning-rate``), ``--momentum`` and ``--lmbda`` take comma lists, and the sweep trains
 their cartesian product times ``--seeds`` seeds::
-
     gd-jax sweep --eta 0.01,0.1,1,3,10,100 --seeds 5 --epochs 30 --out runs/eta
 
 Seed ``s`` of a sweep is the run ``gd-jax train --seed s`` with the same settings (with
 ``--shuffle shared`` all models take the first seed's batch order). The sweep folder is a run
-folder (``gd_jax.runs``: claimed atomically, locked while in use, ``config.json`` with the
+folder (``gd_jax.cli.runs``: claimed atomically, locked while in use, ``config.json`` with the
 settings, the data's fingerprint and one segment per process) that holds
 
 - ``sweep.json``: the config and the tidy records (one per model and epoch), the models'
@@ -32,17 +31,28 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import math
 import os
 import sys
 import traceback
 from typing import Any
 
-from gd_jax import runs
-from gd_jax.runs import BadInput, bad_input
+import numpy as np
 
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
+import gd_jax as gd
+from gd_jax._src.checkpoint import load_checkpoint, save_checkpoint
+from gd_jax._src.costs import COSTS
+from gd_jax._src.data.mnist import load_mnist
+from gd_jax._src.network import ACTIVATIONS, INITS
+from gd_jax._src.seeds import seed_keys
+from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.sweep import SweepResult, grid_points, sweep
+from gd_jax._src.tensorboard import write_run_events
+from gd_jax._src.train import check_fit_arguments
+from gd_jax.cli import runs
+from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
+from gd_jax.cli.runs import BadInput, bad_input
 
 SWEEP_FILES = ("sweep.json", "sweep.csv", "accuracy.png", "costs.png")
 # What defines a sweep, saved in config.json and in every checkpoint.
@@ -64,14 +74,6 @@ def _numbers(name: str, example: str):
     return parse
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes wants comma-separated integers like 784,30,10, got {text!r}") \
-            from None
-
-
 def _seeds(text: str) -> list[int]:
     """``5`` is seeds 0..4; ``2,7,9`` those seeds."""
     try:
@@ -84,22 +86,10 @@ def _seeds(text: str) -> list[int]:
     return list(range(values[0])) if len(values) == 1 else values
 
 
-def _max_growth(text: str) -> float | None:
-    if text.lower() == "off":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-growth wants a number > 1 or 'off', got {text!r}") from None
-
-
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gd-jax sweep`` beyond the data and device ones every command shares:
     those of ``gd-jax train``, with comma lists for the swept ones."""
-    from gd_jax.costs import COSTS
-    from gd_jax.network import ACTIVATIONS, INITS
-
-    parser.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
+    parser.add_argument("--sizes", type=sizes_flag, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
     parser.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
     parser.add_argument("--no-tensorboard", action="store_true",
@@ -119,7 +109,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shuffle", choices=("per_model", "shared"), default="per_model",
                         help="per_model: each seed its own batch order (independent runs); shared: one order for all")
     parser.add_argument("--target-cost", type=float, default=None, help="a model stops at this training cost")
-    parser.add_argument("--max-growth", type=_max_growth, default=10.0,
+    parser.add_argument("--max-growth", type=max_growth_flag, default=10.0,
                         help="a model counts as diverged when its parameters' RMS grows more than this in an epoch; "
                              "'off' never (default 10)")
     parser.add_argument("--validation", action="store_true",
@@ -160,9 +150,6 @@ def _grid(s: dict[str, Any]) -> dict[str, list[float]]:
 
 def _factories(s: dict[str, Any], n: int):
     """``make_optimizer(h)`` and ``make_cost(h)`` of a sweep's settings; ``n`` the training set's size."""
-    import gd_jax as gd
-    from gd_jax.costs import COSTS
-
     base = functools.partial(COSTS[s["cost"]], activation=s["activation"])
 
     def make_optimizer(h):
@@ -179,11 +166,8 @@ def _factories(s: dict[str, Any], n: int):
 
 def _save_stacked(path: str, params: Any) -> None:
     """The stacked parameters as ``.npz``: ``layer0/w`` of shape ``(K, n_0, n_1)``, ..., atomically."""
-    import io
 
-    import numpy as np
 
-    from gd_jax.serialization import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, **{f"layer{i}/{name}": np.asarray(v) for i, layer in enumerate(params)
@@ -200,8 +184,6 @@ def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[st
     Each model's run holds its per-epoch scalars (its rows of ``result.records``) and its
     hyperparameters: the sweep's settings with the model's own grid values and seed.
     """
-    from gd_jax.tensorboard import write_run_events
-
     shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
     written = []
     for i, model in enumerate(result.models):
@@ -217,15 +199,11 @@ def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[st
 def plot_sweep(result: Any, out: str, *, metric: str = "eval_accuracy") -> None:
     """Writes ``accuracy.png`` (final ``metric`` against each swept value, mean and spread over the
     seeds, each seed a dot) and ``costs.png`` (every model's training cost per epoch), atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    from gd_jax.serialization import atomic_write_bytes
 
     def save(fig, name: str) -> None:
         png = io.BytesIO()
@@ -303,12 +281,6 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
 
 def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Validates everything a sweep needs, writing nothing; returns its folder and plan."""
-    import gd_jax as gd
-    from gd_jax.checkpoint import load_checkpoint
-    from gd_jax.data.mnist import load_mnist
-    from gd_jax.sweep import SweepResult, grid_points, seed_keys, sweep
-    from gd_jax.train import check_fit_arguments
-
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, what="sweep")
     if args.resume is None:
@@ -357,11 +329,6 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
 
 def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder) -> int:
     """Trains the sweep and writes its folder (everything is validated by now)."""
-    import gd_jax as gd
-    from gd_jax.checkpoint import save_checkpoint
-    from gd_jax.serialization import atomic_write_bytes
-    from gd_jax.sweep import SweepResult, seed_keys, sweep
-
     s, config, k = plan["settings"], plan["config"], plan["models"]
 
     def save(result: SweepResult) -> None:

@@ -43,15 +43,21 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
+import jaxlib
 import numpy as np
 
-from gd_jax.serialization import atomic_write_bytes
+import gd_jax
+from gd_jax._src.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_manifest
+from gd_jax._src.extras import require
+from gd_jax._src.plotting import RUN_FIGURES, plot_history, write_run_figures
+from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.tensorboard import write_run_events
 
 __all__ = [
     "CHECKPOINTS",
     "CONFIG",
     "RUN_FILES",
-    "SEED_LIMIT",
     "BadInput",
     "EpochProgress",
     "RunFolder",
@@ -73,7 +79,6 @@ __all__ = [
     "remove_best_params_except",
     "remove_stale_temporaries",
     "resume_settings",
-    "seed_key",
     "title_of",
     "write_figures",
     "write_json",
@@ -118,30 +123,6 @@ def bad_input() -> Iterator[None]:
         raise
     except _INPUT_ERRORS as e:
         raise BadInput(str(e)) from e
-
-
-# --- seeds ------------------------------------------------------------------------------------------------------
-
-SEED_LIMIT = 2**64
-
-
-def seed_key(seed: int):
-    """The PRNG key of a run's ``seed``: a different key for every seed in ``[0, 2**64)``.
-
-    The seed's two 32-bit halves become the two words of a threefry key, so seeds below
-    ``2**32`` give exactly ``jax.random.key(seed)`` (whose 32-bit conversion would make
-    ``2**32 + 2`` the same key as ``2``), and no two seeds of the range share a key.
-
-    Raises:
-      BadInput: a seed outside ``[0, 2**64)`` or not an integer.
-    """
-    import jax
-
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
-        raise BadInput(f"--seed must be an integer from 0 to 2**64 - 1 ({SEED_LIMIT - 1}), got {seed!r}; "
-                       "e.g. --seed 2")
-    words = np.array([int(seed) >> 32, int(seed) & 0xFFFFFFFF], dtype=np.uint32)
-    return jax.random.wrap_key_data(words, impl="threefry2x32")
 
 
 # --- files ------------------------------------------------------------------------------------------------------
@@ -191,8 +172,6 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
 
 def clean_run_files(folder: str | os.PathLike) -> None:
     """Removes a run's files (``RUN_FILES``, checkpoints, temporaries) from ``folder``, and nothing else."""
-    from gd_jax.checkpoint import list_checkpoints
-
     folder = os.fspath(folder)
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
@@ -257,7 +236,6 @@ class RunFolder:
     Attributes:
       path: the folder.
     """
-
     def __init__(self, path: str, lock_fd: int | None):
         self.path = path
         self._lock_fd = lock_fd
@@ -457,8 +435,6 @@ def resume_settings(out: str, given: Mapping[str, Any], *, settings: Sequence[st
         that conflicts with the saved one.
       FileNotFoundError: ``out`` does not exist.
     """
-    from gd_jax.checkpoint import latest_checkpoint, read_checkpoint_manifest
-
     if not os.path.isdir(out):
         raise BadInput(f"run folder not found: {out!r}; pass the --out folder of an earlier gd-jax train")
     config_path = os.path.join(out, CONFIG)
@@ -530,7 +506,7 @@ def check_same_data(saved: Mapping[str, str] | None, now: Mapping[str, str], *, 
 
 def _git_commit() -> str | None:
     """The commit of the gd_jax checkout this package runs from, or None (an installed copy, no git)."""
-    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = os.path.dirname(os.path.dirname(os.path.abspath(gd_jax.__file__)))
     if not os.path.exists(os.path.join(source, ".git")):
         return None
     try:
@@ -546,10 +522,6 @@ def environment(command: Sequence[str], *, first_epoch: int) -> dict[str, Any]:
     ``last_epoch`` is filled in when the segment ends (or, after a crash, by the segment
     that resumes it: the epochs it saved).
     """
-    import jax
-    import jaxlib
-
-    import gd_jax
 
     return {
         "first_epoch": first_epoch,
@@ -639,7 +611,6 @@ class EpochProgress:
       stream: where to write (stderr by default).
       bar: force the bar (True) or plain lines (False); default: a bar when ``stream`` is a terminal.
     """
-
     def __init__(self, total: int, done: int, *, eval_name: str = "test", enabled: bool = True,
                  stream=None, bar: bool | None = None):
         self.total, self.done, self.eval_name, self.enabled = total, done, eval_name, enabled
@@ -647,8 +618,7 @@ class EpochProgress:
         self._ends: list[float] = []
         self._bar = None
         if enabled and (self.stream.isatty() if bar is None else bar):
-            from tqdm import tqdm
-
+            tqdm = require("tqdm", purpose="the progress bar").tqdm
             self._bar = tqdm(total=total, initial=done, unit="epoch", file=self.stream, dynamic_ncols=True,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} epochs{postfix}")
 
@@ -710,7 +680,6 @@ def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
     """
     if not len(history):
         return
-    from gd_jax.plotting import RUN_FIGURES, plot_history, write_run_figures
 
     eval_label = "validation" if config.get("eval_data") == "validation" else "test"
     if params is not None and test is not None:
@@ -720,7 +689,6 @@ def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
         plot_history(history, folder.file("history.png"), title=title_of(config), config=config,
                      eval_label=eval_label)
     if tensorboard:
-        from gd_jax.tensorboard import write_run_events
 
         figures = [folder.file(name) for name in RUN_FIGURES if os.path.exists(folder.file(name))]
         write_run_events(folder.path, history, config, figures=figures, test_cost=test_cost,

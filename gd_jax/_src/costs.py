@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gd_jax.network import Params, forward, predict
+from gd_jax._src.network import Params, forward, predict
 
 __all__ = [
     "COSTS",

@@ -42,6 +42,14 @@ _COMPRESSIONS: dict[bytes, tuple[str, Callable[[bytes], bytes]]] = {
     b"\xfd7zXZ\x00": ("xz", lzma.decompress),
 }
 
+# The four files of the MNIST IDX layout, by split and kind (gzip-compressed or not).
+IDX_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
 
 def read_idx_bytes(path: str | os.PathLike) -> bytes:
     """The IDX bytes of ``path``: the file's content, decompressed if it is gzip, bzip2 or xz.

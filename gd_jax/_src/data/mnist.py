@@ -23,19 +23,14 @@ from importlib import resources
 
 import numpy as np
 
-from gd_jax.data.dataset import Dataset
-from gd_jax.data.idx import read_idx
+from gd_jax._src.data import genuine
+from gd_jax._src.data.dataset import Dataset
+from gd_jax._src.data.idx import IDX_FILES, read_idx
+from gd_jax._src.extras import ensure_installed
 
-__all__ = ["IDX_FILES", "SOURCES", "load_mnist", "read_mnist_idx_dir", "to_dataset"]
+__all__ = ["SOURCES", "load_mnist", "read_mnist_idx_dir", "to_dataset"]
 
 SOURCES = ("sample", "idx", "mnist")
-# The four files of the MNIST IDX layout, by split and kind (gzip-compressed or not).
-IDX_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
 TEXTBOOK_VALIDATION_SIZE = 10_000
 
 
@@ -90,7 +85,7 @@ def read_mnist_idx_dir(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray,
 def _sample_dir() -> str:
     # The package ships the files as package data; as_file is not needed for a regular install
     # or an editable one, where the resource is a real path on disk.
-    return str(resources.files("gd_jax.data") / "sample")
+    return str(resources.files("gd_jax._src.data") / "sample")
 
 
 def _split_validation(train: Dataset, size: int, source: str) -> tuple[Dataset, Dataset]:
@@ -144,11 +139,10 @@ def load_mnist(
             raise ValueError("source 'idx' needs idx_dir (--idx-dir DIR), the folder holding four MNIST IDX files")
         arrays = read_mnist_idx_dir(os.path.expanduser(os.fspath(idx_dir)))
     else:
-        from gd_jax.data import genuine
-
+        ensure_installed("tensorflow_datasets", purpose="full MNIST (source 'mnist')")
         # Verified before tensorflow-datasets is even imported: a refusal is quick and creates nothing.
         verified = genuine.read_genuine_mnist(idx_dir) if idx_dir is not None else None
-        from gd_jax.data import tfds_mnist  # imports tensorflow-datasets, so only when asked
+        from gd_jax._src.data import tfds_mnist  # imports tensorflow-datasets: an optional dependency
 
         arrays = tfds_mnist.load_full_mnist(genuine=verified, data_dir=data_dir, download=download)
     train, test = to_dataset(*arrays["train"]), to_dataset(*arrays["test"])

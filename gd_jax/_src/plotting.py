@@ -6,7 +6,7 @@ matplotlib is imported only inside the drawing functions (with the file-only Agg
 per inch, no tight bounding box), so a figure's pixel size depends only on what it shows.
 
 ``write_run_figures`` writes the four figures of a run folder; the numbers behind them come
-from ``gd_jax.analysis`` (``confusion_matrix``, ``misclassified``, ``hidden_weight_images``).
+from ``gd_jax._src.analysis`` (``confusion_matrix``, ``misclassified``, ``hidden_weight_images``).
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from gd_jax.analysis import (
+from gd_jax._src.analysis import (
     PredictFn,
     confusion_matrix,
     hidden_weight_images,
     misclassified,
     output_activations,
 )
-from gd_jax.data.dataset import Dataset
-from gd_jax.network import Params
-from gd_jax.serialization import atomic_write_bytes
-from gd_jax.train import History
+from gd_jax._src.data.dataset import Dataset
+from gd_jax._src.extras import require
+from gd_jax._src.network import Params
+from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.train import History
 
 __all__ = [
     "DPI",
@@ -48,7 +49,7 @@ RUN_FIGURES = ("history.png", "confusion.png", "misclassified.png", "hidden_weig
 
 
 def _pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib", purpose="figures")
 
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt

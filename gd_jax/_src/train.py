@@ -1,22 +1,4 @@
-"""Training by mini-batch gradient descent: one compiled epoch, and ``fit`` around it.
-
-An epoch takes a batch order (a permutation of the training rows), cuts it into
-mini-batches of ``batch_size`` and takes one optimizer step per mini-batch, all inside one
-``jax.lax.scan`` under one ``jax.jit``, with the data resident on the device: each step
-gathers its own rows, so no shuffled copy of the data set is ever made.
-
-**The last partial batch.** As in the textbook's ``network.py``, every example is used
-exactly once per epoch: when ``batch_size`` does not divide ``n``, the ``n mod batch_size``
-examples left at the end of the order form one smaller, final mini-batch (a second
-compiled step shape inside the same epoch). ``batch_size=1`` is stochastic gradient
-descent, ``batch_size=n`` full-batch gradient descent (one step an epoch).
-
-**Randomness.** Epoch ``e`` (0-based) visits the rows in ``shuffled_order(fold_in(key, e), n)``,
-a permutation drawn on the host from the key's bits: the same key gives bit-identical
-parameters, and a run resumed at an epoch boundary draws the same batches as one that
-never stopped. The order is drawn with numpy because an on-device
-``jax.random.permutation`` of 60,000 rows costs 25 ms on a 2-core CPU (a sort network),
-numpy's 0.7 ms; the epoch itself stays a pure function of the order it is given.
+"""Training by mini-batch gradient descent: ``fit`` around the compiled epoch (``epoch.py``).
 
 **Compiled once.** ``fit`` compiles the epoch and the end-of-epoch measurements ahead of
 the loop (the time is recorded apart, in ``History.compile_seconds``), and JAX caches both
@@ -30,43 +12,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.costs import Cost
-from gd_jax.data.dataset import Dataset, check_dataset
-from gd_jax.network import Params, layer_sizes, predict
-from gd_jax.optim import GradientTransformation, apply_updates
+from gd_jax._src.costs import Cost
+from gd_jax._src.data.dataset import Dataset, check_dataset
+from gd_jax._src.epoch import TrainState, compile_cached, epoch_impl, jitted_epoch, shuffled_order
+from gd_jax._src.network import Params, layer_sizes, predict
+from gd_jax._src.optim import GradientTransformation, scale_learning_rate
+from gd_jax._src.parallel import data_parallel_epoch
 
 __all__ = [
     "DivergenceError",
     "EpochEnd",
     "History",
-    "TrainState",
     "accuracy",
     "check_fit_arguments",
     "cost_and_accuracy",
     "evaluate",
     "fit",
-    "make_epoch",
     "mlp_predict",
     "root_mean_square",
-    "shuffled_order",
 ]
 
 PyTree = Any
 PredictFn = Callable[[PyTree, jax.Array], jax.Array]
-
-
-class TrainState(NamedTuple):
-    """What an epoch carries from step to step: the parameters and the optimizer state."""
-
-    params: PyTree
-    opt_state: Any
 
 
 @dataclasses.dataclass
@@ -147,60 +121,6 @@ class DivergenceError(RuntimeError):
         self.growth, self.max_growth, self.cost_finite = growth, max_growth, cost_finite
 
 
-def shuffled_order(key: jax.Array, n: int) -> np.ndarray:
-    """A permutation of ``range(n)`` drawn on the host, determined by ``key`` alone.
-
-    Args:
-      key: a typed (``jax.random.key``) or raw (``jax.random.PRNGKey``) PRNG key.
-      n: the number of rows.
-
-    Returns:
-      An int32 numpy array of shape ``(n,)``: the order in which an epoch visits the rows.
-    """
-    typed = jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key)
-    bits = np.asarray(jax.random.key_data(key) if typed else key, dtype=np.uint32).ravel()
-    return np.random.default_rng(bits.tolist()).permutation(n).astype(np.int32)
-
-
-def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int, n_classes: int,
-               ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
-    """Builds one epoch of mini-batch gradient descent as a pure, jittable function.
-
-    Args:
-      cost: ``cost(params, x, y_onehot)``, averaging over the batch.
-      optimizer: gd_jax's ``sgd`` or any optax ``GradientTransformation``.
-      batch_size: examples per mini-batch (the last one may be smaller, see module doc).
-      n_classes: width of the one-hot targets built from integer labels.
-
-    Returns:
-      ``epoch(state, x, y, order) -> (state, finite)`` where ``x`` is ``(n, n_0)``, ``y`` the
-      ``(n,)`` integer labels, ``order`` an ``(n,)`` integer permutation of the rows (e.g.
-      ``shuffled_order(key, n)``), and ``finite`` is True when every mini-batch cost of the
-      epoch was finite. Being pure, it can be ``jax.vmap``-ed over states and orders to
-      train many models at once.
-    """
-
-    def step(state: TrainState, xb: jax.Array, yb: jax.Array) -> tuple[TrainState, jax.Array]:
-        c, grads = jax.value_and_grad(cost)(state.params, xb, yb)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(apply_updates(state.params, updates), opt_state), jnp.isfinite(c)
-
-    def epoch(state: TrainState, x: jax.Array, y: jax.Array, order: jax.Array) -> tuple[TrainState, jax.Array]:
-        n = x.shape[0]
-        full, rest = divmod(n, batch_size)
-        targets = jax.nn.one_hot(y, n_classes, dtype=x.dtype)  # once an epoch, not once a step
-        state, finite = jax.lax.scan(lambda s, rows: step(s, x[rows], targets[rows]), state,
-                                     order[: full * batch_size].reshape(full, batch_size))
-        finite = jnp.all(finite)
-        if rest:  # the textbook's smaller last mini-batch
-            rows = order[full * batch_size:]
-            state, tail_finite = step(state, x[rows], targets[rows])
-            finite = finite & tail_finite
-        return state, finite
-
-    return epoch
-
-
 @dataclasses.dataclass(frozen=True)
 class mlp_predict:  # lower case: it is used as a function, gd.mlp_predict("tanh")(params, x)
     """``predict`` of gd_jax's own MLP layout with a fixed activation, as a ``predict_fn``.
@@ -242,31 +162,9 @@ def _epoch_end(new_params, old_params, train_x, train_y, eval_x, eval_y, *, cost
     return out
 
 
-def _epoch_impl(state, x, y, order, *, cost, optimizer, batch_size, n_classes):
-    return make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes)(state, x, y, order)
-
-
 # JAX caches compiled code of these by their static arguments: equal settings compile once.
-_STATIC = ("cost", "optimizer", "batch_size", "n_classes")
-_epoch_cached = jax.jit(_epoch_impl, static_argnames=_STATIC)
 _epoch_end_cached = jax.jit(_epoch_end, static_argnames=("cost", "predict_fn", "n_classes"))
 _evaluate_cached = jax.jit(cost_and_accuracy, static_argnames=("cost", "predict_fn", "n_classes"))
-
-
-def _hashable(*values: Any) -> bool:
-    try:
-        for v in values:
-            hash(v)
-    except TypeError:
-        return False
-    return all(isinstance(v, Hashable) for v in values)
-
-
-def _compiled(cached: Callable, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
-    """``fn`` compiled for ``args``: through JAX's cache when the static settings can be hashed."""
-    if _hashable(*static.values()):
-        return cached.lower(*args, **static).compile()
-    return jax.jit(lambda *a: fn(*a, **static)).lower(*args).compile()
 
 
 def _is_mlp(params: PyTree) -> bool:
@@ -306,7 +204,7 @@ def evaluate(params: PyTree, data: Dataset, *, cost: Cost, activation: str = "si
     n_classes = n_classes or infer_n_classes(params, data)
     static = {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes}
     args = (params, jnp.asarray(data.x), jnp.asarray(data.y))
-    c, acc = _compiled(_evaluate_cached, cost_and_accuracy, args, static)(*args)
+    c, acc = compile_cached(_evaluate_cached, cost_and_accuracy, args, static)(*args)
     return float(c), float(acc)
 
 
@@ -458,7 +356,7 @@ def fit(
         progress bars).
       mesh: train data-parallel on this device mesh (``gd.data_mesh()``): each mini-batch
         split over its ``"data"`` axis, ``batch_size`` a multiple of its size; across
-        processes after ``gd.initialize_distributed``. See ``gd_jax.parallel``. Default: one device.
+        processes after ``gd.initialize_distributed``. See ``gd_jax._src.parallel``. Default: one device.
 
     Returns:
       ``(params, history)``.
@@ -476,8 +374,6 @@ def fit(
     predict_fn = predict_fn or default_predict_fn(params, activation)
     n_classes = n_classes or infer_n_classes(params, train, eval_data)
     if eta_halving is not None:
-        from gd_jax.optim import scale_learning_rate
-
         optimizer = scale_learning_rate(optimizer)
     watch = _Watch.replay(history, eta_halving)
     if patience is not None and watch.best_epoch is not None and best_params is None:
@@ -506,16 +402,15 @@ def fit(
     start = time.perf_counter()
     order0 = shuffled_order(jax.random.fold_in(key, first), n)
     if mesh is None:
-        epoch_fn = _compiled(_epoch_cached, _epoch_impl, (state, train.x, train.y, order0),
+        epoch_fn = compile_cached(jitted_epoch, epoch_impl, (state, train.x, train.y, order0),
                              {"cost": cost, "optimizer": optimizer, "batch_size": batch_size, "n_classes": n_classes})
     else:  # the same epoch, data-parallel: run(state, order) -> (state, finite)
-        from gd_jax.parallel import data_parallel_epoch
-
         run = data_parallel_epoch(mesh, host.x, host.y, state, order0, cost=cost, optimizer=optimizer,
                                   batch_size=batch_size, n_classes=n_classes)
         epoch_fn = lambda state, x, y, order: run(state, order)  # noqa: E731
-    end_fn = _compiled(_epoch_end_cached, _epoch_end, (state.params, state.params, train.x, train.y, eval_x, eval_y),
-                       {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes})
+    end_fn = compile_cached(_epoch_end_cached, _epoch_end,
+                            (state.params, state.params, train.x, train.y, eval_x, eval_y),
+                            {"cost": cost, "predict_fn": predict_fn, "n_classes": n_classes})
     history.compile_seconds = time.perf_counter() - start
 
     for epoch in range(first, epochs):

@@ -52,9 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.network import layer_sizes
-from gd_jax.serialization import atomic_write_bytes, describe_load_error
-from gd_jax.train import EpochEnd, History, TrainState
+from gd_jax._src.epoch import TrainState
+from gd_jax._src.network import layer_sizes
+from gd_jax._src.serialization import atomic_write_bytes, describe_load_error
+from gd_jax._src.train import EpochEnd, History
 
 __all__ = [
     "Checkpoint",
@@ -68,7 +69,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "gd_jax.checkpoint"
+FORMAT = "gd_jax._src.checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"  # the zip member holding the manifest
 KEY = "key"  # the npz array holding the PRNG key's data

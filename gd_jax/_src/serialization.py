@@ -17,7 +17,7 @@ import zipfile
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.network import Params
+from gd_jax._src.network import Params
 
 __all__ = ["atomic_write_bytes", "describe_load_error", "file_mode", "load_params", "save_params"]
 

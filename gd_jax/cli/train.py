@@ -1,13 +1,7 @@
-"""The ``gd-jax`` command: ``train`` a network (and ``--resume`` one) and ``evaluate`` a trained one.
+"""``gd-jax train``: train a network into a run folder, or ``--resume`` one.
 
-This module parses the command line and dispatches; what a run folder is, how it is
-claimed, written and resumed lives in ``gd_jax.runs``.
-
-Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
-traceback); 3 the run diverged (the run folder keeps the last good epoch); 4 a process of a
-multi-process run lost a peer (``gd_jax.parallel``); 130 interrupted
-(Ctrl-C or SIGTERM; resume with ``--resume``). Any other failure is a bug and shows its
-traceback.
+Everything is validated before the run folder is touched (``_prepare``), so a mistake writes
+nothing; then each epoch's checkpoint, parameters and history are written together.
 """
 
 from __future__ import annotations
@@ -15,20 +9,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
 import traceback
-from collections.abc import Sequence
 from typing import Any
 
-from gd_jax import runs
-from gd_jax.runs import BadInput, bad_input, plural
+import jax
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 130
+import gd_jax as gd
+from gd_jax._src.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from gd_jax._src.costs import COSTS, with_l2
+from gd_jax._src.data.dataset import check_dataset
+from gd_jax._src.distributed import is_writer
+from gd_jax._src.network import ACTIVATIONS, INITS
+from gd_jax._src.parallel import PeerLostError, check_batch_size
+from gd_jax._src.seeds import SEED_LIMIT, is_seed, seed_key
+from gd_jax._src.train import DivergenceError, check_fit_arguments
+from gd_jax.cli import runs
+from gd_jax.cli.flags import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    UsageError,
+    add_data_and_device_flags,
+    check_data_flags,
+    load_data,
+    max_growth_flag,
+    sizes_flag,
+)
+from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
+from gd_jax.cli.runs import BadInput, bad_input, plural
 
 # The settings a run is defined by, saved in config.json and in every checkpoint.
 SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
@@ -42,80 +52,16 @@ SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_sc
 INVOCATION_ONLY = ("resume", "no_progress", "no_tensorboard", "download", "debug", "device", "no_compile_cache", "out",
                    "overwrite", "devices", "coordinator", "num_processes", "process_id")
 
-# Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
-COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
-# How to get JAX for an accelerator, by the platform JAX calls it.
-_INSTALL_HINT = {
-    "cuda": 'pip install -U "jax[cuda12]" (an NVIDIA GPU with its driver is needed)',
-    "gpu": 'pip install -U "jax[cuda12]" (an NVIDIA GPU with its driver is needed)',
-    "rocm": "install JAX's ROCm build (see JAX's installation guide; an AMD GPU is needed)",
-    "tpu": 'pip install -U "jax[tpu]" (on a Cloud TPU VM)',
-}
-_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "tpu": "tpu"}
 
-
-class UsageError(BadInput):
-    """A command-line mistake: reported in one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + error
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--sizes wants comma-separated integers like 784,30,10, got {text!r}") from None
-    return sizes
-
-
-def _max_growth(text: str) -> float | None:
-    if text.strip().lower() in ("none", "off"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-growth wants a number > 1 or 'off', got {text!r}") from None
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    import gd_jax
-    from gd_jax.costs import COSTS
-    from gd_jax.data.mnist import SOURCES
-    from gd_jax.launch import add_launch_parser
-    from gd_jax.network import ACTIVATIONS, INITS
-    from gd_jax.parallel import add_parallel_arguments
-
-    parser = _Parser(prog="gd-jax", description="Train feed-forward networks by gradient descent in JAX.")
-    parser.add_argument("--version", action="version", version=f"gd-jax {gd_jax.__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def common_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset", choices=SOURCES, default="sample",
-                       help="sample: embedded 5,000/10,000 real MNIST (offline); idx: four IDX files in --idx-dir; "
-                            "mnist: full MNIST via tensorflow-datasets (default: sample)")
-        p.add_argument("--idx-dir", help="folder of the four MNIST IDX files (with --dataset idx or mnist)")
-        p.add_argument("--data-dir", help="tensorflow-datasets data folder (with --dataset mnist; default "
-                                          "$TFDS_DATA_DIR)")
-        p.add_argument("--download", action="store_true", help="let --dataset mnist download the data")
-        p.add_argument("--device", choices=sorted(_PLATFORMS),
-                       help="where to compute (default: JAX's choice, the accelerator if JAX has one)")
-        p.add_argument("--no-compile-cache", action="store_true",
-                       help=f"do not use the persistent compilation cache (also: {COMPILE_CACHE_ENV}=off)")
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds ``train`` and its options to the subcommands."""
     train = commands.add_parser("train", help="train a network and write a run folder",
                                 description="Train a network by mini-batch gradient descent; defaults are the "
                                             "textbook's chapter 1 run. With --resume DIR, continue the run in DIR "
                                             "from its last checkpoint with its saved settings; only --epochs (the "
                                             "total, to extend a run), --idx-dir, --data-dir and --max-growth may "
                                             "be changed.")
-    train.add_argument("--sizes", type=_sizes, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
+    train.add_argument("--sizes", type=sizes_flag, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
     train.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
     train.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
     train.add_argument("--learning-rate", "--eta", dest="learning_rate", type=float, default=3.0,
@@ -131,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="PRNG seed for initialisation and shuffling, 0 to 2**64-1 (default 2)")
     train.add_argument("--target-cost", type=float, default=None,
                        help="stop once the training cost is at or below this value")
-    train.add_argument("--max-growth", type=_max_growth, default=10.0,
+    train.add_argument("--max-growth", type=max_growth_flag, default=10.0,
                        help="count the run as diverged when the parameters' root mean square grows more than this "
                             "many times in one epoch; 'off' never (default 10)")
     train.add_argument("--lmbda", type=float, default=None,
@@ -152,107 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
     train.add_argument("--no-tensorboard", action="store_true",
                        help="write no TensorBoard event file (the figures and history.json are written all the same)")
-    common_options(train)
+    add_data_and_device_flags(train)
     add_parallel_arguments(train)
-
-    evaluate = commands.add_parser("evaluate", help="evaluate a trained network",
-                                   description="Cost and accuracy of a run's params.npz on a dataset's test split; "
-                                               "the data options default to the run's own.")
-    evaluate.add_argument("run", help="a run folder, or a params .npz file")
-    evaluate.add_argument("--cost", choices=list(COSTS), default=None, help="cost (default: the run's)")
-    evaluate.add_argument("--activation", choices=list(ACTIVATIONS), default=None, help="neurons (default: the run's)")
-    common_options(evaluate)
-
-    from gd_jax.sweep_cli import add_sweep_arguments
-
-    sweep = commands.add_parser("sweep", help="train a grid of models as one compiled program",
-                                description="Train the cartesian product of the comma-listed --eta, --momentum and "
-                                            "--lmbda values times --seeds seeds as one compiled program, into one "
-                                            "sweep folder; every train option applies to all the models.")
-    add_sweep_arguments(sweep)
-    common_options(sweep)
-    launch = add_launch_parser(commands)
-
-    from gd_jax.bench import add_bench_arguments
-
-    bench = commands.add_parser("bench", help="how fast gradient descent runs here, against baselines",
-                                description="Seconds per epoch of gd_jax and its peers, checked to compute the same "
-                                            "epoch, against the machine's peak; time to accuracy; per-example "
-                                            "gradients. See the README's Benchmarks section.")
-    add_bench_arguments(bench)
-    bench.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
-
-    from gd_jax.images import add_predict_arguments
-
-    predict = commands.add_parser("predict", help="a trained network's digit for each of your own images",
-                                  description="Read PNG/JPEG digits of any size, prepare them as MNIST was made and "
-                                              "print the run's predicted digit and its ten output activations.")
-    add_predict_arguments(predict)
-    parser.gd_jax_commands = (train, evaluate, sweep, launch, bench, predict)
-    return parser
-
-
-def _given_options(argv: Sequence[str]) -> set[str]:
-    """The destinations of the options written on the command line (not taken from defaults)."""
-    parser = build_parser()
-    for p in (parser, *parser.gd_jax_commands):
-        for action in p._actions:  # argparse has no public way to ask which options were given
-            if action.dest not in ("help", "command", "version"):
-                action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) - {"command"}
-
-
-# --- the process's environment: compilation cache, device ---------------------------------------------------------
-
-
-def compile_cache_folder(disabled: bool = False) -> str | None:
-    """The persistent compilation cache folder: ``$GD_JAX_COMPILE_CACHE``, else the user's cache folder.
-
-    ``$XDG_CACHE_HOME/gd_jax/jax-compile`` (``~/.cache/gd_jax/jax-compile`` without it).
-    None when ``disabled`` or ``$GD_JAX_COMPILE_CACHE`` is ``off``, ``0``, ``false``, ``no`` or empty.
-    """
-    if disabled:
-        return None
-    chosen = os.environ.get(COMPILE_CACHE_ENV)
-    if chosen is not None:
-        return None if chosen.strip().lower() in ("", "off", "0", "false", "no") else os.path.expanduser(chosen)
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache_home, "gd_jax", "jax-compile")
-
-
-def _use_compile_cache(folder: str | None) -> None:
-    """Lets JAX keep compiled programs in ``folder`` across processes, so a repeated command compiles nothing."""
-    if folder is None:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", folder)
-    # The epoch compiles in well under JAX's default 1 s threshold on a CPU, yet dominates a short run.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def _select_device(device: str | None):
-    """The device to compute on; one line naming the platform and how to get it when JAX cannot use it."""
-    import jax
-
-    wanted = _PLATFORMS.get(device) if device else None
-    if wanted is not None:
-        jax.config.update("jax_platforms", wanted)  # before JAX starts a backend; ignored after
-    platform = wanted or os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or None
-    try:
-        devices = jax.devices(device) if device else jax.devices()
-    except (RuntimeError, AssertionError) as e:  # JAX's errors (an assertion for some) when a platform fails to start
-        name = platform or "the default"
-        first = name.split(",")[0]
-        hint = _INSTALL_HINT.get(first, "check JAX's installation guide")
-        reason = str(e).split("\n")[0] or "no such device here"
-        raise BadInput(f"JAX cannot use the {name!r} platform on this machine ({reason}); to use it, {hint}; or run "
-                       "on the CPU with --device cpu") from e
-    return devices[0]
-
-
-# --- train --------------------------------------------------------------------------------------------------------
+    return train
 
 
 def _check_flags(s: dict[str, Any]) -> None:
@@ -269,6 +117,9 @@ def _check_flags(s: dict[str, Any]) -> None:
     eta = s["learning_rate"]
     if not (math.isfinite(eta) and eta > 0):
         raise UsageError(f"--eta must be a positive finite number, got {eta}; the textbook uses 3.0")
+    if not is_seed(s["seed"]):
+        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1 ({SEED_LIMIT - 1}), got {s['seed']!r}; "
+                         "e.g. --seed 2")
     momentum = s["momentum"]
     if momentum is not None and not 0 <= momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1), got {momentum}; 0.9 is a common choice (leave it out for "
@@ -287,26 +138,7 @@ def _check_flags(s: dict[str, Any]) -> None:
     growth = s["max_growth"]
     if growth is not None and not growth > 1:  # inf is fine: the same as off
         raise UsageError(f"--max-growth must be a number > 1 or 'off', got {growth}; the default is 10")
-    _check_data_flags(s["dataset"], s["idx_dir"], s["data_dir"], s.get("download", False))
-
-
-def _check_data_flags(dataset: str, idx_dir: str | None, data_dir: str | None, download: bool) -> None:
-    if idx_dir is not None and dataset not in ("idx", "mnist"):
-        raise UsageError(f"--idx-dir is read only with --dataset idx (any IDX files) or --dataset mnist (the genuine "
-                         f"files); add one of them, or drop --idx-dir (--dataset is {dataset})")
-    if data_dir is not None and dataset != "mnist":
-        raise UsageError(f"--data-dir is read only with --dataset mnist; add --dataset mnist, or drop --data-dir "
-                         f"(--dataset is {dataset})")
-    if download and dataset != "mnist":
-        raise UsageError(f"--download is only for --dataset mnist; add --dataset mnist, or drop --download "
-                         f"(--dataset is {dataset})")
-
-
-def _load_data(dataset: str, *, idx_dir, data_dir, download: bool, validation: bool = False):
-    from gd_jax.data.mnist import load_mnist
-
-    with bad_input():
-        return load_mnist(dataset, validation=validation, idx_dir=idx_dir, data_dir=data_dir, download=download)
+    check_data_flags(s["dataset"], s["idx_dir"], s["data_dir"], s.get("download", False))
 
 
 @dataclasses.dataclass
@@ -332,19 +164,12 @@ class _Plan:
 
 def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> tuple[str | None, _Plan]:
     """Validates everything a run needs, writing nothing; returns its folder (None: a default name) and plan."""
-    import jax
 
-    import gd_jax as gd
-    from gd_jax.checkpoint import load_checkpoint
-    from gd_jax.costs import COSTS, with_l2
-    from gd_jax.data import check_dataset
-    from gd_jax.parallel import check_batch_size, is_writer
-    from gd_jax.train import check_fit_arguments
 
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
     _check_flags({**settings, "download": args.download})
-    key = runs.seed_key(settings["seed"])
+    key = seed_key(settings["seed"])
     optimizer = gd.sgd(settings["learning_rate"], momentum=settings["momentum"], nesterov=settings["nesterov"])
     # With the schedule, fit wraps the optimizer so that its state carries the learning-rate scale:
     # checkpoints hold that state.
@@ -355,7 +180,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     init_key, shuffle_key = jax.random.split(key)
     with bad_input():
         params = gd.init_mlp(init_key, settings["sizes"], settings["init"])
-    splits = _load_data(settings["dataset"], idx_dir=settings["idx_dir"], data_dir=settings["data_dir"],
+    splits = load_data(settings["dataset"], idx_dir=settings["idx_dir"], data_dir=settings["data_dir"],
                         download=args.download, validation=settings["validation"])
     train, test = splits[0], splits[-1]
     eval_data = splits[1] if settings["validation"] else test
@@ -411,9 +236,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     return out, plan
 
 
-def _train(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
-    from gd_jax.parallel import PeerLostError, exit_peer_lost, is_writer
-
+def run_train(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
     # Everything is validated before the run folder is touched, so a mistake writes nothing.
     out, plan = _prepare(args, given, command)
     args.run_folder = out  # named in the one line a lost peer ends this process with
@@ -465,9 +288,6 @@ def _divergence(e: Any, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
     """Trains and writes the run folder (everything is validated by now)."""
-    import gd_jax as gd
-    from gd_jax.checkpoint import checkpoint_path, save_checkpoint
-    from gd_jax.train import DivergenceError
 
     s, config = plan.settings, plan.config
     history = plan.history
@@ -558,8 +378,6 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
 
 
 def _fit(plan: _Plan, *, on_epoch_end: Any, mesh: Any) -> tuple[Any, Any]:
-    import gd_jax as gd
-
     s = plan.settings
     return gd.fit(plan.params, plan.train, eval_data=plan.eval_data, epochs=s["epochs"], batch_size=s["batch_size"],
                   optimizer=plan.optimizer, cost=plan.cost, key=plan.key, activation=s["activation"],
@@ -570,7 +388,6 @@ def _fit(plan: _Plan, *, on_epoch_end: Any, mesh: Any) -> tuple[Any, Any]:
 
 def _follow(plan: _Plan, mesh: Any) -> int:
     """Processes 1.. of a multi-process run: train in step with process 0, which writes everything."""
-    from gd_jax.train import DivergenceError
 
     try:
         _fit(plan, on_epoch_end=None, mesh=mesh)
@@ -579,111 +396,3 @@ def _follow(plan: _Plan, mesh: Any) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED  # so does it
     return 0
-
-
-# --- evaluate -----------------------------------------------------------------------------------------------------
-
-
-def _evaluate(args: argparse.Namespace, given: set[str], command: list[str]) -> int:
-    import gd_jax as gd
-    from gd_jax.costs import COSTS
-    from gd_jax.data import check_dataset
-    from gd_jax.network import layer_sizes
-
-    path, config = args.run, {}
-    if os.path.isdir(path):
-        config_path = os.path.join(path, runs.CONFIG)
-        if os.path.isfile(config_path):
-            config = runs.read_json(config_path)
-        path = os.path.join(path, "params.npz")
-    with bad_input():
-        params = gd.load_params(path)
-    cost_name = args.cost or config.get("cost", "quadratic")
-    activation = args.activation or config.get("activation", "sigmoid")
-    # The data the run trained on unless told otherwise: a --dataset idx run is evaluated on its own IDX files.
-    data = {k: getattr(args, k) if k in given else config.get(k, getattr(args, k))
-            for k in ("dataset", "idx_dir", "data_dir")}
-    if "dataset" in given and args.dataset != config.get("dataset"):
-        data["idx_dir"] = args.idx_dir  # another data set: the run's folders do not apply
-        data["data_dir"] = args.data_dir
-    _check_data_flags(data["dataset"], data["idx_dir"], data["data_dir"], args.download)
-    test = _load_data(data["dataset"], idx_dir=data["idx_dir"], data_dir=data["data_dir"], download=args.download)[-1]
-    sizes = layer_sizes(params)
-    with bad_input():
-        check_dataset(test, n_inputs=sizes[0], n_classes=sizes[-1], name=f"{data['dataset']} test data")
-    cost = functools.partial(COSTS[cost_name], activation=activation)
-    test_cost, test_accuracy = gd.evaluate(params, test, cost=cost, activation=activation)
-    print(json.dumps({"params": path, "dataset": data["dataset"], "idx_dir": data["idx_dir"], "n": test.size,
-                      "cost": cost_name, "test_cost": test_cost, "test_accuracy": test_accuracy}))
-    return 0
-
-
-def _start_parallel(args: argparse.Namespace) -> Any:
-    """``--devices`` and the multi-process flags, acted on before JAX starts; the mesh or None."""
-    from gd_jax.parallel import PeerLostError, exit_peer_lost, start_parallel
-
-    if args.device and (args.devices is not None or args.coordinator is not None):
-        import jax
-
-        jax.config.update("jax_platforms", _PLATFORMS[args.device])  # the mesh is made of --device's devices
-    try:
-        with bad_input():
-            return start_parallel(args)
-    except PeerLostError as e:
-        exit_peer_lost(e)
-def _bench(args: argparse.Namespace, given: set[str], command_line: list[str]) -> int:
-    from gd_jax.bench import run_bench
-
-    return run_bench(args, " ".join(command_line))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        try:
-            args = build_parser().parse_args(argv)
-        except SystemExit as e:  # --help and --version print and exit; parse errors raise UsageError
-            return int(e.code or 0)
-        args.debug = debug
-        if args.command == "predict":
-            from gd_jax.images import run_predict
-
-            return run_predict(args)
-        if args.command == "launch":
-            from gd_jax.launch import run_launch
-
-            with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
-                return run_launch(args)
-        _use_compile_cache(compile_cache_folder(args.no_compile_cache))
-        args.mesh = _start_parallel(args) if args.command == "train" else None
-        import jax
-
-        platforms = jax.config.jax_platforms
-        try:
-            device = _select_device(args.device)
-            # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
-            with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
-                from gd_jax.sweep_cli import run_sweep
-
-                command = {"train": _train, "evaluate": _evaluate, "sweep": run_sweep, "bench": _bench}[args.command]
-                return command(args, _given_options(argv), ["gd-jax", *argv])
-        finally:
-            jax.config.update("jax_platforms", platforms)
-            if getattr(args, "peer_watch", None) is not None:  # done: the others need not wait for this process
-                args.peer_watch.stop()
-    except BadInput as e:  # bad input: settings, data files, run folders; anything else is a bug
-        if debug:
-            traceback.print_exc()
-        print(f"gd-jax: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print("gd-jax: interrupted before training started; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

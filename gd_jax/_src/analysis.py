@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.costs import Cost
-from gd_jax.data.dataset import Dataset
-from gd_jax.network import Params, predict
+from gd_jax._src.costs import Cost
+from gd_jax._src.data.dataset import Dataset
+from gd_jax._src.network import Params, predict
 
 __all__ = [
     "PredictFn",

@@ -5,7 +5,7 @@ The stock tfds ``mnist`` builder cannot prepare the data without TensorFlow: it 
 ``GdJaxMnist`` is a subclass that keeps what makes the stock builder trustworthy - its URLs,
 the SHA-256 checksums tfds registers for them and tfds' download manager, which verifies them -
 and replaces only the TensorFlow parts: the IDX files are read with Python's gzip
-(``gd_jax.data.idx.read_idx``) and each digit is stored as its raw 784 ``uint8`` bytes in
+(``gd_jax._src.data.idx.read_idx``) and each digit is stored as its raw 784 ``uint8`` bytes in
 ``array_record`` files, which ``tfds.data_source`` reads back without TensorFlow.
 
 ``load_full_mnist`` finds the data in this order, and never touches the network unless asked:
@@ -14,7 +14,7 @@ and replaces only the TensorFlow parts: the IDX files are read with Python's gzi
    ``~/tensorflow_datasets``): read it, from an array cache after the first read;
 2. ``idx_dir`` holds genuine MNIST in any packaging (the four IDX files plain or compressed,
    torchvision's ``MNIST/raw``, Keras' ``mnist.npz``): recognised by the SHA-256 of the
-   decompressed content (``gd_jax.data.genuine``) *before* tensorflow-datasets starts, then
+   decompressed content (``gd_jax._src.data.genuine``) *before* tensorflow-datasets starts, then
    prepared from those arrays, offline;
 3. ``download=True``: download, verify and prepare (fails in seconds when the host is
    unreachable, rather than sitting minutes in HTTP retries);
@@ -42,9 +42,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 from tensorflow_datasets.image_classification import mnist as tfds_stock_mnist
 
-from gd_jax.data.genuine import MnistChecksumError, MnistNotFoundError, read_genuine_mnist
-from gd_jax.data.idx import read_idx
-from gd_jax.data.mnist import IDX_FILES
+from gd_jax._src.data.genuine import MnistChecksumError, MnistNotFoundError, read_genuine_mnist
+from gd_jax._src.data.idx import IDX_FILES, read_idx
 
 __all__ = ["GdJaxMnist", "MnistChecksumError", "MnistNotFoundError", "load_full_mnist"]
 
@@ -138,7 +137,7 @@ def load_full_mnist(
     """Loads full MNIST (60,000 training and 10,000 test digits) through tensorflow-datasets.
 
     Args:
-      idx_dir: genuine MNIST in any packaging (see ``gd_jax.data.genuine.read_genuine_mnist``:
+      idx_dir: genuine MNIST in any packaging (see ``gd_jax._src.data.genuine.read_genuine_mnist``:
         the four IDX files plain or compressed, torchvision's ``MNIST/raw``, Keras'
         ``mnist.npz``). Its content is verified first, before tensorflow-datasets starts;
         the data is then prepared from it (offline) when it is not prepared yet.

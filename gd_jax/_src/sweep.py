@@ -69,20 +69,18 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gd_jax.costs import Cost
-from gd_jax.data.dataset import Dataset
-from gd_jax.network import Params
-from gd_jax.optim import GradientTransformation
-from gd_jax.runs import SEED_LIMIT, seed_key
-from gd_jax.train import (
-    TrainState,
+from gd_jax._src.costs import Cost
+from gd_jax._src.data.dataset import Dataset
+from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
+from gd_jax._src.network import Params
+from gd_jax._src.optim import GradientTransformation
+from gd_jax._src.seeds import SEED_LIMIT, seed_keys
+from gd_jax._src.train import (
     check_fit_arguments,
     cost_and_accuracy,
     default_predict_fn,
     infer_n_classes,
-    make_epoch,
     root_mean_square,
-    shuffled_order,
 )
 
 __all__ = [
@@ -99,16 +97,6 @@ SHUFFLE_MODES = ("per_model", "shared")
 Hyper = dict[str, jax.Array]
 _RESERVED = ("model", "seed", "epoch", "train_cost", "train_accuracy", "eval_cost", "eval_accuracy", "status")
 _METRICS = ("train_cost", "train_accuracy", "eval_cost", "eval_accuracy")
-
-
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """The ``(init_key, shuffle_key)`` of seed ``seed``, as ``gd-jax train --seed`` derives them.
-
-    Every seed in ``[0, 2**64)`` has its own keys (``runs.seed_key``); below ``2**32`` they
-    are ``jax.random.split(jax.random.key(seed))``.
-    """
-    init_key, shuffle_key = jax.random.split(seed_key(seed))
-    return init_key, shuffle_key
 
 
 def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:

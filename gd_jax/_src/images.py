@@ -24,30 +24,27 @@ submodule of that name would replace the function ``gd.predict`` on the package 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from gd_jax.analysis import PredictFn, output_activations
-from gd_jax.network import Params, layer_sizes
-from gd_jax.serialization import load_params
+from gd_jax._src.analysis import PredictFn, output_activations
+from gd_jax._src.extras import require
+from gd_jax._src.network import Params, layer_sizes
+from gd_jax._src.serialization import load_params
 
 __all__ = [
     "MODES",
     "ImagePredictions",
     "TrainedNetwork",
-    "add_predict_arguments",
     "load_trained_network",
     "predict_images",
     "preprocess_digit",
     "read_grey_image",
-    "run_predict",
 ]
 
 MODES = ("auto", "mnist", "none")
@@ -119,6 +116,7 @@ def read_grey_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: str) -> np.ndarray:
+    require("PIL", purpose="image files")
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not os.path.isfile(path):
@@ -264,42 +262,3 @@ def load_trained_network(run: str | os.PathLike) -> TrainedNetwork:
             raise ValueError(f"{config_path!r} does not hold a run's settings (a JSON object)")
     params = load_params(params_path)
     return TrainedNetwork(params, str(config.get("activation", "sigmoid")), config)
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``gd-jax predict``'s arguments to ``parser`` (a sub-command's parser); returns it."""
-    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz)")
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="PNG or JPEG files of single digits, any size, dark-on-light or light-on-dark")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: each image's digit and ten output activations")
-    parser.add_argument("--preprocess", choices=MODES, default="auto",
-                        help="auto (default): 28x28 images as they are, others cropped, scaled to 20x20 and "
-                             "centred by centre of mass as MNIST was made; mnist: that for every image; "
-                             "none: images must be 28x28")
-    return parser
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Runs ``gd-jax predict`` on parsed arguments; returns the exit status.
-
-    Prints each image's digit and output activations (or one JSON object with ``--json``) and
-    returns 0; bad input (a wrong run folder, an unreadable or empty image) prints one line on
-    stderr, nothing on stdout, and returns 2.
-    """
-    try:
-        network = load_trained_network(args.run)
-        result = predict_images(network.params, args.images, activation=network.activation, mode=args.preprocess)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"gd-jax predict: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"run": args.run, "predictions": [
-            {"image": image, "digit": int(digit), "activations": [float(a) for a in scores]}
-            for image, digit, scores in zip(args.images, result.digits, result.activations)]}))
-        return 0
-    width = max(len(image) for image in args.images)
-    for image, digit, scores in zip(args.images, result.digits, result.activations):
-        listed = "  ".join(f"{k}:{a:.3f}" for k, a in enumerate(scores))
-        print(f"{image:<{width}}  {digit}   activations  {listed}")
-    return 0

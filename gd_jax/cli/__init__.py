@@ -1,0 +1,10 @@
+"""The ``gd-jax`` command line: one module per subcommand, the run folder and its policies.
+
+Not library API: programs import ``gd_jax``; this package is the application on top of it.
+Its Python entry points are ``main`` (what ``gd-jax`` runs) and ``build_parser`` (the parser
+the CLI reference is generated from).
+"""
+
+from gd_jax.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]

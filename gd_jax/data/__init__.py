@@ -1,7 +1,0 @@
-"""Data: the Dataset type, IDX files and MNIST from its three sources."""
-
-from gd_jax.data.dataset import Dataset, check_dataset
-from gd_jax.data.idx import read_idx, write_idx
-from gd_jax.data.mnist import load_mnist
-
-__all__ = ["Dataset", "check_dataset", "load_mnist", "read_idx", "write_idx"]
