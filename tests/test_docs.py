@@ -7,7 +7,8 @@
   process (as a reader would paste them), and every ```pycon block runs as a doctest with its
   shown output checked. A block that cannot run here (several hosts, say) is preceded by an
   ``<!-- not run: why -->`` comment; there should be few.
-- Every ``>>>`` example in the docstrings of the public API runs as a doctest.
+- Every example in the docstrings of the public API is a ``>>>`` doctest, and runs with its output
+  checked (the names ``gd``, ``jax`` and ``jnp`` are imported for it).
 - No measured figure is typed by hand: the prose of the docs and the README holds no measured-looking
   number (those live in the results pages, rendered from committed data).
 """
@@ -171,15 +172,22 @@ def test_the_block_parser_sees_every_python_fence():
 # --- docstring examples run -------------------------------------------------------------------------------------
 
 
-def _docstring_tests():
-    finder = doctest.DocTestFinder(exclude_empty=True)
+def _public_objects():
+    """``(name, object)`` of the package docstring and every public name (classes with their methods)."""
+    yield "gd_jax", gd
     seen = set()
     for name in gd.__all__:
         obj = getattr(gd, name)
         if isinstance(obj, (dict, tuple, list)) or id(obj) in seen:
             continue
         seen.add(id(obj))
-        for test in finder.find(obj, f"gd_jax.{name}", globs={"gd": gd}):
+        yield f"gd_jax.{name}", obj
+
+
+def _docstring_tests():
+    for name, obj in _public_objects():
+        finder = doctest.DocTestFinder(exclude_empty=True, recurse=obj is not gd)
+        for test in finder.find(obj, name, globs={}):
             if test.examples:
                 yield pytest.param(test, id=test.name)
 
@@ -187,11 +195,22 @@ def _docstring_tests():
 DOCTESTS = list(_docstring_tests())
 
 
-@pytest.mark.parametrize("test", DOCTESTS or [pytest.param(None, marks=pytest.mark.skip("no >>> examples yet"))])
+def test_there_are_docstring_examples_and_all_are_doctests():
+    """An example in a public docstring is a ``>>>`` doctest (run below), never an unchecked literal block."""
+    assert len(DOCTESTS) >= 5, f"only {len(DOCTESTS)} public docstrings have >>> examples"
+    literal = [name for name, obj in _public_objects() if "Example::" in (obj.__doc__ or "")]
+    for name, obj in _public_objects():
+        if isinstance(obj, type):
+            literal += [f"{name}.{m}" for m, f in vars(obj).items() if "Example::" in (getattr(f, "__doc__", "") or "")]
+    assert not literal, f"write these docstrings' examples as >>> doctests (with their output): {literal}"
+
+
+@pytest.mark.parametrize("test", DOCTESTS)
 def test_docstring_examples_run(test):
     import jax
+    import jax.numpy as jnp
 
-    test.globs.update({"gd": gd, "jax": jax})
+    test.globs.update({"gd": gd, "jax": jax, "jnp": jnp})
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0, f"{test.name}: {runner.failures} of {len(test.examples)} examples failed (above)"

@@ -12,8 +12,9 @@ import re
 
 # The order of the groups on the page: the layers of the library, top-down from data to show.
 # A module not named here (a new one) still gets its group, after these.
-GROUP_ORDER = ("data", "network", "costs", "gradients", "backprop", "optim", "train", "sweep", "parallel",
-               "serialization", "checkpoint", "analysis", "plotting", "tensorboard", "images")
+GROUP_ORDER = ("data", "network", "costs", "gradients", "backprop", "optim", "epoch", "train", "seeds", "sweep",
+               "parallel", "distributed", "serialization", "checkpoint", "analysis", "plotting", "tensorboard",
+               "images")
 
 
 def group_of(module: str | None) -> str:
