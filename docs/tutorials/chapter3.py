@@ -40,7 +40,7 @@ print(train.size, validation.size, test.size)
 # With sigmoid outputs and the quadratic cost, the output error carries a factor `sigma'(z)`,
 # which vanishes when a neuron saturates: learning slows. The cross-entropy cost has no such
 # factor. N(0, 1) weights over 784 inputs start most hidden neurons saturated; N(0, 1/n_in)
-# weights (`init="scaled"`) do not. Four short runs, the same seed:
+# weights (`init="scaled"`) do not. Three short runs, the same seed:
 
 
 # %%
