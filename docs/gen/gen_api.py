@@ -8,7 +8,6 @@ both group as *train*), with an index table of every name and its first docstrin
 from __future__ import annotations
 
 import inspect
-import re
 
 # The order of the groups on the page: the layers of the library, top-down from data to show.
 # A module not named here (a new one) still gets its group, after these.

@@ -83,7 +83,7 @@ def cli_page() -> str:
     ]
     lines += [f"| [`{name}`](#gd-jax-{name}) | {_cell(help_)} |" for name, _, help_ in subs]
     lines += ["", "Options of `gd-jax` itself:", ""] + _options_table(parser)
-    for name, sub, help_ in subs:
+    for name, sub, _ in subs:
         lines += ["", f"## gd-jax {name} {{#gd-jax-{name}}}", ""]
         if sub.description:
             lines += [_cell(sub.description), ""]

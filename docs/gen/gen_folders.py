@@ -111,7 +111,7 @@ def _section(folder: str, args: list[str], descriptions: dict[str, str], what: s
     files = _files(folder)
     lines = [f"Made by `gd-jax {' '.join(args)} --out DIR` when this site was built:", "",
              "| file | what it holds |", "| --- | --- |"]
-    for pattern, hits, text in _match(files, descriptions, what):
+    for _, hits, text in _match(files, descriptions, what):
         shown = ", ".join(f"`{h}`" for h in hits[:3]) + (", ..." if len(hits) > 3 else "")
         lines.append(f"| {shown} | {text} |")
     lines += ["", "Every file is written to a temporary name and renamed into place, so a crash never leaves a "

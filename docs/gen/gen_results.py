@@ -195,8 +195,8 @@ def bench_page(root: Path) -> str:
                              f"{_fmt(r.get('seconds'), 3)} | {_fmt(r.get('compile_seconds'), 3)} |")
     targets = data.get("targets") or []
     if targets:
-        lines += ["", "## Targets recorded in the run", "", "| target | value (medians) | of the minimums | goal | met |",
-                  "| --- | ---: | ---: | ---: | --- |"]
+        lines += ["", "## Targets recorded in the run", "",
+                  "| target | value (medians) | of the minimums | goal | met |", "| --- | ---: | ---: | ---: | --- |"]
         for t in targets:
             lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} | {_fmt(t.get('value_of_mins'), 3)} | "
                          f"{_fmt(t.get('goal'), 3)} | {'yes' if t.get('met') else 'no'} |")

@@ -21,7 +21,6 @@
 # digits (the [chapter 3 results](../../results/chapter3/) are on full MNIST, over seeds).
 
 # %%
-import functools
 
 import jax
 import matplotlib.pyplot as plt
@@ -81,8 +80,9 @@ for label, history in (("no regularisation", plain), ("L2, lambda 0.1", l2)):
 ax.set(xlabel="epoch", ylabel="accuracy", title="1,000 training digits")
 ax.legend()
 plt.show()
-print(f"gap between training and validation accuracy at the end: {plain['train_accuracy'][-1] - plain['eval_accuracy'][-1]:.3f} "
-      f"without L2, {l2['train_accuracy'][-1] - l2['eval_accuracy'][-1]:.3f} with it")
+gap = {name: h["train_accuracy"][-1] - h["eval_accuracy"][-1] for name, h in (("without", plain), ("with", l2))}
+print(f"gap between training and validation accuracy at the end: {gap['without']:.3f} without L2, "
+      f"{gap['with']:.3f} with it")
 
 # %% [markdown]
 # The same L2 step can be written as an optimizer instead of a cost: chaining weight decay

@@ -79,7 +79,7 @@ report("plain pytree, optax.adam", history)
 # `model.apply` is a pure function of them, exactly what `fit` wants.
 
 # %%
-import flax.linen as nn
+import flax.linen as nn  # noqa: E402
 
 
 class MLP(nn.Module):
@@ -112,7 +112,7 @@ report("flax.linen", history)
 # pytree of arrays; train the arrays, and `nnx.merge` the two back wherever the model is needed.
 
 # %%
-from flax import nnx
+from flax import nnx  # noqa: E402
 
 
 class NnxMLP(nnx.Module):
@@ -152,7 +152,7 @@ report("flax.nnx", history)
 # > working afterwards.
 
 # %%
-import equinox as eqx
+import equinox as eqx  # noqa: E402
 
 eqx_model = eqx.nn.MLP(784, 10, width_size=64, depth=1, activation=jnp.tanh, key=jax.random.key(0))
 arrays, static = eqx.partition(eqx_model, eqx.is_array)
@@ -178,7 +178,7 @@ report("equinox", history)
 # with `functools.partial` and pass the same name to `fit` for its accuracy:
 
 # %%
-import functools
+import functools  # noqa: E402
 
 params = gd.init_mlp(jax.random.key(0), [784, 64, 10], init="scaled")
 params, history = gd.fit(params, train, eval_data=test, epochs=5, batch_size=32, optimizer=gd.sgd(0.1),
