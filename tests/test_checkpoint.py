@@ -321,3 +321,59 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, sm
     # And the final checkpoint holds the final params.
     _assert_trees_identical(load_checkpoint(tmp_path, like=like).state.params, full)
     assert json.loads(json.dumps(ckpt.history.to_dict())) == ckpt.history.to_dict()
+
+
+# A Python run with early stopping, killed by SIGKILL after the epoch given on its command line
+# (issue 18: checkpoint_callback dropped EpochEnd.best_params, so such a run could not resume).
+_PATIENCE_RUN = """
+import os, signal, sys
+import jax
+import gd_jax as gd
+sys.path.insert(0, {tests!r})
+from test_checkpoint import _patience_run
+
+folder, kill_after = sys.argv[1], int(sys.argv[2])
+callback = gd.checkpoint_callback(folder, key=jax.random.key(1))
+
+def on_epoch_end(end):
+    callback(end)
+    if end.epoch == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_patience_run(on_epoch_end=on_epoch_end)
+"""
+
+
+def _patience_run(**kwargs):
+    """Early stopping on a validation split: the best epoch comes a few epochs before the stop."""
+    data, _ = gd.load_mnist("sample")
+    train, validation = gd.Dataset(data.x[:600], data.y[:600]), gd.Dataset(data.x[4800:], data.y[4800:])
+    params = kwargs.pop("params", gd.init_mlp(jax.random.key(0), [784, 12, 10]))
+    optimizer = gd.sgd(8.0, momentum=0.5)
+    run = {"epochs": 30, "batch_size": 20, "optimizer": optimizer, "cost": gd.quadratic_cost, "key": jax.random.key(1),
+           "eval_data": validation, "patience": 3}
+    return params, optimizer, gd.fit(params, train, **{**run, **kwargs})
+
+
+@pytest.mark.slow
+def test_a_python_run_with_patience_killed_resumes_from_its_checkpoints_bit_for_bit(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    params, optimizer, (full, history) = _patience_run()
+    assert history.stop_reason == "early_stopping" and history.best_epoch < len(history) - 1
+    kill_after = history.best_epoch + 1  # after the best epoch: the checkpoint's params are not the best ones
+    child = subprocess.run([sys.executable, "-c", _PATIENCE_RUN.format(tests=os.path.dirname(__file__)),
+                            str(tmp_path), str(kill_after)], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+
+    ckpt = gd.load_checkpoint(tmp_path, like=gd.TrainState(params, optimizer.init(params)))
+    assert ckpt.epoch == kill_after and ckpt.history.best_epoch == history.best_epoch
+    _, _, (resumed, resumed_history) = _patience_run(
+        params=ckpt.state.params, opt_state=ckpt.state.opt_state, history=ckpt.history, key=ckpt.key,
+        best_params=ckpt.best_params)
+    _assert_trees_identical(resumed, full)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h.epochs]  # noqa: E731
+    assert strip(resumed_history) == strip(history)
+    assert (resumed_history.best_epoch, resumed_history.stop_reason) == (history.best_epoch, "early_stopping")
