@@ -363,26 +363,46 @@ def fit(
 ) -> tuple[PyTree, History]:
     """Trains ``params`` on ``train`` by mini-batch gradient descent.
 
-    Each epoch is one compiled ``lax.scan`` over the shuffled mini-batches (see the module
-    docstring for the shuffling and last-batch rules). After each epoch the training cost
-    and accuracy, and with ``eval_data`` its cost and accuracy, are measured with the new
-    parameters, in one compiled call.
+    Each epoch visits the rows in a fresh shuffled order, cut into mini-batches ``B``, and
+    takes one optimizer step per mini-batch on the gradient of the mean cost,
 
-    Any model works: ``cost(params, x, y_onehot)`` is the only function ``fit`` needs.
-    Accuracy comes from ``predict_fn(params, x) -> scores`` (the label is the highest
-    score); for gd_jax's own MLP layout it defaults to ``predict`` with ``activation``.
+    .. math:: \\theta \\leftarrow \\theta - \\eta \\, \\nabla_\\theta \\frac{1}{|B|} \\sum_{x \\in B} C_x(\\theta)
+
+    (for ``gd.sgd(eta)``; any optimizer's update in general), as one compiled ``lax.scan``
+    (see ``gd_jax._src.epoch`` for the shuffling and last-batch rules). After each epoch the
+    training cost and accuracy, and with ``eval_data`` its cost and accuracy, are measured
+    with the new parameters, in one compiled call.
+
+    **Any model works**, as it is: gd_jax's MLP, an Equinox module, Flax linen variables, a
+    Flax nnx module or state, a dict of tuples. Its inexact (float) arrays are trained; its
+    other leaves (activation functions, integer counters, PRNG keys) are carried unchanged
+    (``gd.partition_params``), and the model comes back with the type it came in with.
+    ``cost(params, x, y_onehot)`` is the only function ``fit`` needs; accuracy comes from
+    ``predict_fn(params, x) -> scores`` (the label is the highest score), for gd_jax's MLP
+    ``predict`` with ``activation``. Before compiling, the model is checked against the data
+    on one example (``jax.eval_shape``): a wrong output width, a cost that is not a scalar
+    or a leaf that is neither an array nor static is one ``ValueError`` naming the fix.
+
+    **What the stopping rules watch.** ``patience`` and ``eta_halving`` watch the accuracy on
+    ``eval_data``, and ``patience`` returns the parameters of its best epoch: that is model
+    selection, so pass a validation split (rows held out of ``train``), never the test set,
+    whose accuracy would then be optimistic. ``target_cost`` watches the training cost.
 
     Args:
-      params: the initial model, any pytree of arrays; never modified.
+      params: the initial model, any pytree (see above); never modified.
       train: the training ``Dataset`` (x ``(n, n_0)`` floats, y ``(n,)`` integer labels).
       epochs: the total number of epochs (a resumed run counts those in ``history``).
       batch_size: mini-batch size, 1 (stochastic) to ``n`` (full batch).
-      optimizer: ``gd.sgd(...)`` or any optax ``GradientTransformation``.
-      cost: ``cost(params, x, y_onehot)``, e.g. ``gd.quadratic_cost``.
+      optimizer: ``gd.sgd(...)`` or any optax ``GradientTransformation``; it sees the
+        model's float arrays only (``gd.partition_params(params)[0]``).
+      cost: ``cost(params, x, y_onehot)``, e.g. ``gd.quadratic_cost``; a scalar, the mean
+        over the batch.
       key: the PRNG key every shuffle derives from.
-      eval_data: a ``Dataset`` to report cost and accuracy on after each epoch.
-      predict_fn: ``predict_fn(params, x) -> scores`` for accuracy (default: gd_jax's
-        ``predict`` for its own MLPs, none for other models: accuracies are then None).
+      eval_data: a ``Dataset`` to report cost and accuracy on after each epoch, and the one
+        ``patience`` and ``eta_halving`` watch: a validation split, not the test set.
+      predict_fn: ``predict_fn(params, x) -> scores`` of shape ``(batch, n_classes)`` for
+        accuracy (default: gd_jax's ``predict`` for its own MLPs, none for other models:
+        accuracies are then None).
       n_classes: the width of the one-hot targets (default: the MLP's output layer, else
         the largest label + 1).
       activation: the neurons' non-linearity used for accuracy of gd_jax's MLPs (bind the
@@ -390,31 +410,46 @@ def fit(
       target_cost: stop early once the training cost is at or below this value.
       max_growth: the largest growth of the parameters' root mean square in one epoch
         before the run counts as diverged (see ``DivergenceError``); None to allow any.
-      patience: early stopping, the textbook's "no improvement in ``patience`` epochs" on
+      patience: early stopping, the textbook's "no improvement in ``patience`` epochs" of
         ``eval_data``'s accuracy; ``fit`` then returns the best epoch's parameters
         (``history.best_epoch``).
       eta_halving: the textbook's learning-rate schedule: halve the learning rate each time
-        the eval accuracy has not improved for ``eta_halving`` epochs, and stop once it has
-        fallen to 1/128 of its start. The optimizer is wrapped in
+        ``eval_data``'s accuracy has not improved for ``eta_halving`` epochs, and stop once
+        it has fallen to 1/128 of its start. The optimizer is wrapped in
         ``gd.scale_learning_rate``, whose state (``opt_state``, checkpoints) holds the scale.
-      opt_state: optimizer state to continue from (default ``optimizer.init(params)``).
+      opt_state: optimizer state to continue from (default: ``optimizer.init`` of the
+        model's float arrays).
       history: the history of the epochs already done, to resume a run.
       best_params: when resuming with ``patience``, the parameters of ``history.best_epoch``
-        (``EpochEnd.best_params`` of the run so far).
-      on_epoch_end: called with an ``EpochEnd`` after each finite epoch (checkpoints,
-        progress bars).
+        (``EpochEnd.best_params`` of the run so far, ``Checkpoint.best_params``).
+      on_epoch_end: called with an ``EpochEnd`` after each finite epoch (checkpoints:
+        ``gd.checkpoint_callback``; progress bars).
       mesh: train data-parallel on this device mesh (``gd.data_mesh()``): each mini-batch
         split over its ``"data"`` axis, ``batch_size`` a multiple of its size; across
-        processes after ``gd.initialize_distributed``. See ``gd_jax._src.parallel``. Default: one device.
+        processes after ``gd.initialize_distributed``. See ``gd_jax._src.parallel``. Default:
+        one device. Models whose leaves are all arrays only.
 
     Returns:
-      ``(params, history)``.
+      ``(params, history)``: the trained model (with ``patience``, the best epoch's), of the
+      type ``params`` came in with, and the ``History``.
 
     Raises:
-      ValueError: bad hyperparameters or data (the message names the fix).
+      ValueError: bad hyperparameters, data, or a model that does not fit the data (the
+        message names the fix).
       DivergenceError: the cost became NaN or infinite, or the parameters blew up;
         ``on_epoch_end`` is not called for that epoch, so the last checkpoint it wrote is
         the last good one.
+
+    Example:
+      >>> import jax, gd_jax as gd
+      >>> data, test = gd.load_mnist("sample")
+      >>> train, validation = gd.Dataset(data.x[:4000], data.y[:4000]), gd.Dataset(data.x[4000:], data.y[4000:])
+      >>> params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+      >>> params, history = gd.fit(params, train, eval_data=validation, epochs=3, batch_size=10,
+      ...                          optimizer=gd.sgd(3.0), cost=gd.quadratic_cost, key=jax.random.key(1),
+      ...                          patience=10)
+      >>> len(history), gd.accuracy(params, test) > 0.8
+      (3, True)
     """
     check_fit_arguments(params, train, eval_data=eval_data, epochs=epochs, batch_size=batch_size,
                         target_cost=target_cost, max_growth=max_growth, n_classes=n_classes, patience=patience,
