@@ -52,7 +52,7 @@ def _check_leaf(path: Any, leaf: Any) -> None:
     try:
         hash(leaf)
     except TypeError:
-        kind = f"a {leaf.dtype} numpy array" if isinstance(leaf, np.ndarray) else f"a {type(leaf).__name__}"
+        kind = f"a numpy array of dtype {leaf.dtype}" if isinstance(leaf, np.ndarray) else f"a {type(leaf).__name__}"
         raise ValueError(
             f"model leaf {jax.tree_util.keystr(path)} is {kind}, neither an array nor a hashable static value; "
             "make it a numeric array (jnp.asarray) or a static field (e.g. eqx.field(static=True))") from None

@@ -240,7 +240,8 @@ def check_model(params: PyTree, data: Dataset, *, cost: Cost, predict_fn: Predic
     y = jax.ShapeDtypeStruct((1, n_classes), x.dtype)
     classes = f"{n_classes} classes (n_classes, or the largest label + 1)"
     if predict_fn is not None:
-        out = _shape_of(lambda m, x: predict_fn(unpack(m), x), packed, x, what="predict_fn(params, x)")
+        out = _shape_of(lambda m, x: predict_fn(unpack(m), x), packed, x, what=f"predict_fn(params, x) on x {x.shape}",
+                        fix="it gets a batch: map a per-example model over it (jax.vmap(model))")
         if len(out) == 2 and out[0] == 1 and out[1] != n_classes:
             raise ValueError(f"the model outputs {out[1]} scores per example but the data needs {classes}; give "
                              f"the model {n_classes} outputs, or pass n_classes={out[1]} if the labels fit")
@@ -248,14 +249,14 @@ def check_model(params: PyTree, data: Dataset, *, cost: Cost, predict_fn: Predic
             raise ValueError(f"predict_fn(params, x) must return (batch, classes) = (1, {n_classes}) for one "
                              f"example, got {out}; map a per-example model over the batch (jax.vmap(model))")
     c = _shape_of(lambda m, x, y: cost(unpack(m), x, y), packed, x, y,
-                  what=f"cost(params, x, y_onehot) with one-hot targets of width {n_classes}",
+                  what=f"cost(params, x, y_onehot) on x {x.shape}, one-hot targets of width {n_classes}",
                   fix=f"give the model {n_classes} outputs, one per class, or fix the cost")
     if c != ():
         raise ValueError(f"cost(params, x, y_onehot) must return a scalar, the mean over the batch, but returns "
                          f"shape {c} for one example; average the per-example costs (jnp.mean)")
 
 
-def _shape_of(fn: Callable[..., Any], *args: Any, what: str, fix: str = "check it on one batch by hand") -> tuple:
+def _shape_of(fn: Callable[..., Any], *args: Any, what: str, fix: str) -> tuple:
     """The shape ``fn(*args)`` would have (``jax.eval_shape``), its failure as a ``ValueError`` naming ``what``."""
     try:
         out = jax.eval_shape(fn, *args)
