@@ -150,7 +150,7 @@ def _hashable(*values: Any) -> bool:
     return all(isinstance(v, Hashable) for v in values)
 
 
-def compile_cached(cached: Callable, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
+def compile_cached(cached: Any, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
     """``fn`` compiled for ``args``: through JAX's cache when the static settings can be hashed."""
     if _hashable(*static.values()):
         return cached.lower(*args, **static).compile()
