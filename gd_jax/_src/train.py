@@ -197,8 +197,11 @@ def evaluate(params: PyTree, data: Dataset, *, cost: Cost, activation: str = "si
              predict_fn: PredictFn | None = None, n_classes: int | None = None) -> tuple[float, float]:
     """The mean cost and the accuracy of ``params`` on ``data``, one compiled pass.
 
+    The model is checked against the data first (``check_model``): one ``ValueError``
+    naming the fix rather than an error from inside the compiled pass.
+
     Args:
-      params: the model.
+      params: the model, any pytree (gd_jax's MLP, an Equinox module, Flax variables...).
       data: the ``Dataset`` to measure on.
       cost: ``cost(params, x, y_onehot)``.
       activation: for gd_jax's own MLPs, the neurons' non-linearity used for accuracy.
@@ -218,7 +221,11 @@ def evaluate(params: PyTree, data: Dataset, *, cost: Cost, activation: str = "si
 
 def accuracy(params: PyTree, data: Dataset, *, activation: str = "sigmoid",
              predict_fn: PredictFn | None = None) -> float:
-    """The fraction of ``data`` whose label is the output with the highest score."""
+    """The fraction of ``data`` whose label is the output with the highest score.
+
+    ``predict_fn(params, x) -> (batch, classes)`` scores any model (``jax.vmap(model)`` for an
+    Equinox module); gd_jax's MLPs default to ``predict`` with ``activation``.
+    """
     predict_fn = predict_fn or default_predict_fn(params, activation)
     if predict_fn is None:
         raise ValueError("accuracy needs predict_fn(params, x) -> scores for a model that is not a gd_jax MLP")
