@@ -35,6 +35,7 @@ from gd_jax._src.distributed import initialize_distributed
 from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
 from gd_jax._src.gradients import batch_grad, finite_difference_grad, per_example_grads
 from gd_jax._src.images import load_trained_network, predict_images, preprocess_digit
+from gd_jax._src.model import combine_params, partition_params
 from gd_jax._src.network import ACTIVATIONS, forward, init_mlp, predict
 from gd_jax._src.optim import (
     GradientTransformation,
@@ -78,6 +79,7 @@ __all__ = [
     "batch_grad",
     "chain",
     "checkpoint_callback",
+    "combine_params",
     "confusion_matrix",
     "cross_entropy_cost",
     "data_mesh",
@@ -103,6 +105,7 @@ __all__ = [
     "mlp_predict",
     "model_axes",
     "norms_recorder",
+    "partition_params",
     "per_example_grads",
     "plot_history",
     "predict",
