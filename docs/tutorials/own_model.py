@@ -143,33 +143,38 @@ report("flax.nnx", history)
 # %% [markdown]
 # ## Equinox
 #
-# An Equinox model is a pytree that mixes arrays with functions and other static fields.
-# `eqx.partition` splits off the arrays, which `fit` trains; `eqx.combine` puts the model back
-# together inside the cost.
-#
-# > **To be updated** (`EQUINOX-FIT` marker): support for passing an Equinox module to `gd.fit`
-# > directly is being added. Until it lands, this partition/combine form is the way, and it keeps
-# > working afterwards.
+# An Equinox model is a pytree that mixes arrays with functions and other static fields (an
+# `eqx.nn.MLP` holds its activation functions as leaves). `fit` takes it as it is: the float
+# arrays are the parameters, trained by the optimizer; every other leaf is carried unchanged,
+# and the model comes back as an `eqx.nn.MLP`. The cost and `predict_fn` receive the whole model.
 
 # %%
 import equinox as eqx  # noqa: E402
 
 eqx_model = eqx.nn.MLP(784, 10, width_size=64, depth=1, activation=jnp.tanh, key=jax.random.key(0))
-arrays, static = eqx.partition(eqx_model, eqx.is_array)
 
 
-def eqx_logits(arrays, x):
-    return jax.vmap(eqx.combine(arrays, static))(x)  # an eqx.nn.MLP takes one example
+def eqx_logits(model, x):
+    return jax.vmap(model)(x)  # an eqx.nn.MLP takes one example
 
 
-def eqx_cost(arrays, x, y_onehot):
-    return optax.softmax_cross_entropy(eqx_logits(arrays, x), y_onehot).mean()
+def eqx_cost(model, x, y_onehot):
+    return optax.softmax_cross_entropy(eqx_logits(model, x), y_onehot).mean()
 
 
-arrays, history = gd.fit(arrays, train, eval_data=test, epochs=5, batch_size=32, optimizer=optax.sgd(0.1),
-                         cost=eqx_cost, predict_fn=eqx_logits, key=jax.random.key(1))
-eqx_model = eqx.combine(arrays, static)
+eqx_model, history = gd.fit(eqx_model, train, eval_data=test, epochs=5, batch_size=32, optimizer=optax.sgd(0.1),
+                            cost=eqx_cost, predict_fn=eqx_logits, key=jax.random.key(1))
+print(type(eqx_model).__name__)
 report("equinox", history)
+
+# %% [markdown]
+# `gd.partition_params(model)` shows the split `fit` makes: the float arrays it trains, and the
+# rest it carries; `gd.combine_params(params, static)` puts them back together. Equinox's own
+# `eqx.partition(model, eqx.is_inexact_array)` draws the same line.
+
+# %%
+trained, carried = gd.partition_params(eqx_model)
+print(len(jax.tree.leaves(trained)), "trained arrays;", type(gd.combine_params(trained, carried)).__name__)
 
 # %% [markdown]
 # ## Other neurons for gd_jax's own MLP
