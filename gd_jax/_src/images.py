@@ -161,15 +161,15 @@ def _read_file(path: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not merely warned of
-            with Image.open(path) as image:  # reads the header only
-                _check_header(path, image)
-                image.verify()  # every chunk's checksum (PNG), the whole structure; leaves the image unusable
-            with Image.open(path) as image:  # verify() spends its image: a fresh one, decoded fully
-                image.load()
-                image = ImageOps.exif_transpose(image)
+            with Image.open(path) as header:  # reads the header only
+                _check_header(path, header)
+                header.verify()  # every chunk's checksum (PNG), the whole structure; leaves the image unusable
+            with Image.open(path) as opened:  # verify() spends its image: a fresh one, decoded fully
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
                 if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                     return np.asarray(image.convert("RGBA"))
-                if image.mode.startswith(("I", "F")):  # 16- or 32-bit grey: scaled to 0-255 by its type's range
+                if image.mode.startswith(("I", "F")):  # 16- or 32-bit integer or float grey
                     return _wide_grey(np.asarray(image))
                 return np.asarray(image.convert("L"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

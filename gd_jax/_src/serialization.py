@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 import zipfile
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -183,7 +184,7 @@ def describe_file(path: str | os.PathLike) -> str | None:
 
 def save_params(path: str | os.PathLike, params: Params) -> None:
     """Saves a network's parameters as an ``.npz`` file, atomically."""
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for i, layer in enumerate(params):
         for name, value in layer.items():
             arrays[f"layer{i}/{name}"] = np.asarray(value)

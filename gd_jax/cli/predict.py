@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from gd_jax._src.images import MODES, find_images, load_trained_network, predict_images
 
@@ -56,7 +57,8 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"gd-jax predict: error: {_line(str(e))}", file=sys.stderr)
             return 2
     kept = [path for i, path in enumerate(paths) if i not in failed]
-    digits, activations = (result.digits, result.activations) if result is not None else ([], [])
+    digits: Any = result.digits if result is not None else []
+    activations: Any = result.activations if result is not None else []
     if args.json:
         print(json.dumps({"run": args.run, "predictions": [
             {"image": image, "digit": int(digit), "activations": [float(a) for a in scores]}
