@@ -169,6 +169,7 @@ CLI_CASES = {
     "sizes zero": (["--sizes", "784,0,10"], "--sizes must be two or more positive integers, input first, got 784,0,10"),
     "sizes negative": (["--sizes", "784,-3,10"], "got 784,-3,10; e.g. --sizes 784,30,10"),
     "sizes not numbers": (["--sizes", "784,x"], "--sizes wants comma-separated integers"),
+    "sizes with an empty entry": (["--sizes", "784,,10"], "--sizes has an empty entry in '784,,10'"),
     "sizes: input width not the data's": (["--sizes", "100,30,10"], "--sizes 784,30,10"),
     "sizes: fewer outputs than classes": (["--sizes", "784,30,5"], "outside [0, 5)"),
     # batch size
@@ -408,6 +409,10 @@ def test_checkpoint_state_restores_through_the_cli_config(run_folder):
     params = gd.init_mlp(KEY, [784, 10, 10])
     ckpt = load_checkpoint(run_folder, like=gd.TrainState(params, gd.sgd(3.0, momentum=0.5).init(params)))
     assert ckpt.epoch == 2 and ckpt.config["momentum"] == 0.5
+
+
+def test_an_empty_out_is_refused_by_name(capsys):
+    _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", ""], "--out is empty; pass a folder name")
 
 
 def test_a_run_that_chose_on_the_test_set_before_the_rule_still_resumes(tmp_path, capsys, monkeypatch):

@@ -301,7 +301,9 @@ def test_command_bad_input_is_one_line_on_stderr_and_status_2(tmp_path, run_dir,
     for argv, message in [
         ([str(tmp_path / "nowhere"), good], "run folder not found"),
         ([str(tmp_path / "png"), good], "is not a gd-jax run folder"),
-        ([good, str(run_dir)], "is not a params file: it is an image (PNG)"),  # the arguments swapped
+        ([good, str(run_dir)], "is not a params file: it is an image (PNG); pass the params.npz of a run folder "
+                               "(what gd-jax train writes, or gd.save_params); the run comes first: gd-jax predict "
+                               "RUN IMAGE..."),  # the arguments swapped
     ]:
         status, out, err = call(argv)
         assert status == 2 and out == "", argv  # a wrong network: nothing predicted

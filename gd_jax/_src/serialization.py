@@ -126,9 +126,10 @@ _MAGIC = (
     (b"\x89HDF", "an HDF5 file"),
 )
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (the second: an empty one)
-# What a run or sweep folder's JSON files hold, by a key only they have.
-_JSON_KINDS = (("records", "a sweep's sweep.json"), ("epochs", "a run's history.json"),
-               ("segments", "a run's config.json"), ("predictions", "the output of gd-jax predict --json"))
+# What a run or sweep folder's JSON files hold, by the keys only they have (a value's type, where given).
+_JSON_KINDS = (("records", None, "a sweep's sweep.json"), ("epochs", list, "a run's history.json"),
+               ("segments", None, "a run's config.json"), ("sizes", None, "a run's config.json"),
+               ("predictions", None, "the output of gd-jax predict --json"))
 
 
 def describe_file(path: str | os.PathLike) -> str | None:
@@ -177,7 +178,8 @@ def describe_file(path: str | os.PathLike) -> str | None:
     except ValueError:
         return "text"
     if isinstance(value, dict):
-        kinds = [kind for key, kind in _JSON_KINDS if key in value]
+        kinds = [kind for key, type_, kind in _JSON_KINDS if key in value and (type_ is None
+                                                                              or isinstance(value[key], type_))]
         return f"JSON ({kinds[0]})" if kinds else "JSON"
     return "JSON"
 

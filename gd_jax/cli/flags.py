@@ -40,8 +40,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def sizes_flag(text: str) -> list[int]:
+    entries = text.replace(" ", "").split(",")
+    if entries and not entries[-1]:  # a trailing comma: harmless
+        entries.pop()
+    if "" in entries and any(entries):  # 784,,10 would silently drop a layer
+        raise argparse.ArgumentTypeError(f"--sizes has an empty entry in {text!r}; write one integer per layer, "
+                                         "like 784,30,10")
     try:
-        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
+        sizes = [int(s) for s in entries if s]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--sizes wants comma-separated integers like 784,30,10, got {text!r}") from None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from gd_jax._src.images import MODES, find_images, load_trained_network, predict_images
+from gd_jax._src.serialization import describe_file
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -37,7 +39,9 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         network = load_trained_network(args.run)
     except (ValueError, FileNotFoundError) as e:
-        print(f"gd-jax predict: error: {_line(str(e))}", file=sys.stderr)
+        swapped = os.path.isfile(args.run) and (describe_file(args.run) or "").startswith("an image")
+        hint = "; the run comes first: gd-jax predict RUN IMAGE..." if swapped else ""
+        print(f"gd-jax predict: error: {_line(str(e))}{hint}", file=sys.stderr)
         return 2
     paths, problems = find_images(args.images)
     for problem in problems:

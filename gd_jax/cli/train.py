@@ -187,6 +187,9 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
     _check_flags({**settings, "download": args.download})
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out is empty; pass a folder name such as --out runs/textbook, or leave --out out for "
+                         "runs/<date-time>")
     if args.resume is None:  # a run saved before this rule keeps resuming as it started
         _check_selection(settings)
     key = seed_key(settings["seed"])
