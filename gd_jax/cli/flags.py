@@ -112,7 +112,7 @@ def select_device(device: str | None):
     wanted = PLATFORMS.get(device) if device else None
     if wanted is not None:
         jax.config.update("jax_platforms", wanted)  # before JAX starts a backend; ignored after
-    platform = wanted or os.environ.get("JAXPLATFORMS") or jax.config.jax_platforms or None
+    platform = wanted or os.environ.get("JAXPLATFORMS") or jax.config.jax_platforms or None  # type: ignore[attr-defined]
     try:
         devices = jax.devices(device) if device else jax.devices()
     except (RuntimeError, AssertionError) as e:  # JAX's errors (an assertion for some) when a platform fails to start

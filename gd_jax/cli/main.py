@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _given_options(argv: Sequence[str]) -> set[str]:
     """The destinations of the options written on the command line (not taken from defaults)."""
     parser = build_parser()
-    for p in (parser, *parser.gd_jax_commands):
+    for p in (parser, *parser.gd_jax_commands):  # type: ignore[attr-defined]
         for action in p._actions:  # argparse has no public way to ask which options were given
             if action.dest not in ("help", "command", "version"):
                 action.default = argparse.SUPPRESS
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return launch.run_launch(args)
         use_compile_cache(compile_cache_folder(args.no_compile_cache))
         args.mesh = _start_parallel(args) if args.command == "train" else None
-        platforms = jax.config.jax_platforms
+        platforms = jax.config.jax_platforms  # type: ignore[attr-defined]
         try:
             device = select_device(args.device)
             # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).

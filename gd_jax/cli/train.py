@@ -197,7 +197,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     # With the schedule, fit wraps the optimizer so that its state carries the learning-rate scale:
     # checkpoints hold that state.
     stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
-    cost = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])
+    cost: Any = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])  # type: ignore[call-arg]
     if args.resume is None and is_writer():  # in a multi-process run, process 0 alone writes the run folder
         runs.check_out(out, overwrite=args.overwrite)
     init_key, shuffle_key = jax.random.split(key)
@@ -232,6 +232,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     }
     opt_state, history, done, best_params = None, None, 0, None
     if checkpoint is not None:
+        assert out is not None  # a resumed run's folder
         with bad_input():
             ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, stateful.init(params)))
         for k in ("n_train", "n_eval"):
@@ -248,8 +249,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         if settings["epochs"] < done:
             raise UsageError(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} has "
                              f"done; pass --epochs {done} or more")
-    elif saved:
-        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out)
+    elif saved:  # resumed before its first checkpoint
+        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out or "")
     for segment in config["segments"]:  # the epochs a killed segment saved are all it contributed
         if segment.get("last_epoch") is None or segment["last_epoch"] > done:
             segment["last_epoch"] = done
@@ -269,7 +270,7 @@ def run_train(args: argparse.Namespace, given: set[str], command: list[str]) -> 
         except PeerLostError as e:  # another process died or hung: one line, and out at once
             exit_peer_lost(e, resume=out)
     if args.resume is not None:
-        folder = runs.open_run_folder(out)
+        folder = runs.open_run_folder(args.resume)
         folder.write_json(runs.CONFIG, plan.config)
     else:
         folder = runs.claim_run_folder(out, plan.config, overwrite=args.overwrite)
