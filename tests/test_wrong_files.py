@@ -127,3 +127,31 @@ def test_an_npz_of_other_arrays_and_folders(tmp_path, run):
 def test_real_params_files_are_described_as_none_and_load(run):
     assert describe_file(run / "params.npz") is None
     assert [layer["w"].shape for layer in gd.load_params(run / "params.npz")] == [(784, 5), (5, 10)]
+
+
+def test_a_checkpoint_given_as_params_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--sizes", "784,5,10", "--epochs", "1", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    checkpoint = out / "checkpoints" / "epoch-000001.npz"
+    with pytest.raises(ValueError, match=r"is a gd-jax checkpoint, not a params file; pass the run folder"):
+        gd.load_params(checkpoint)
+    assert main(["evaluate", str(checkpoint)]) == 2
+    assert "gd-jax checkpoint" in capsys.readouterr().err
+
+
+def test_a_reader_that_quits_early_is_no_error(tmp_path):
+    """`gd-jax ... | head -1`: stdout's reader is gone before the output is written: exit 141, no traceback."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    gd.save_params(run / "params.npz", gd.init_mlp(jax.random.key(0), [784, 5, 10]))
+    Image.fromarray((np.eye(28) * 255).astype(np.uint8)).save(tmp_path / "digit.png")
+    process = subprocess.Popen([sys.executable, "-m", "gd_jax", "predict", str(run), str(tmp_path / "digit.png")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # long before the process prints (it is still importing JAX)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and err == "", err

@@ -220,6 +220,9 @@ def load_params(path: str | os.PathLike) -> Params:
         raise ValueError(f"{path!r} is not a readable params file ({describe_load_error(e)}); it may be damaged or "
                          "not a params file: pass the params.npz of a run folder, or train again") from None
     layers = sorted({name.split("/")[0] for name in arrays})
+    if "manifest.json" in arrays and any(name.startswith("state/") for name in arrays):
+        raise ValueError(f"{path!r} is a gd-jax checkpoint, not a params file; pass the run folder it belongs to "
+                         "or its params.npz (a checkpoint is read by gd-jax train --resume)")
     if not any(name.startswith("layer") for name in layers):
         listed = ", ".join(sorted(arrays)[:5]) + (", ..." if len(arrays) > 5 else "") or "nothing"
         raise ValueError(f"{path!r} is an .npz (zip) archive without a network's layers (it holds {listed}); pass the "

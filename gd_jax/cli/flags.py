@@ -17,6 +17,7 @@ from gd_jax.cli.runs import BadInput, bad_input
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout quit early
 
 # Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
 COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
