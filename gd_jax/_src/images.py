@@ -24,6 +24,7 @@ submodule of that name would replace the function ``gd.predict`` on the package 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -309,8 +310,6 @@ def find_images(arguments: Sequence[str | os.PathLike]) -> tuple[list[str], list
         elif os.path.lexists(argument) or not _GLOB.search(argument):
             paths.append(argument)
         else:
-            import glob
-
             matches = [match for match in sorted(glob.glob(argument)) if not os.path.isdir(match)]
             if not matches:
                 problems.append(f"no file matches {argument!r}; check the pattern (or quote it so the shell leaves it "
