@@ -7,6 +7,7 @@ no new run folder, and an existing run folder's files unchanged byte for byte.
 """
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -168,6 +169,7 @@ CLI_CASES = {
     "sizes zero": (["--sizes", "784,0,10"], "--sizes must be two or more positive integers, input first, got 784,0,10"),
     "sizes negative": (["--sizes", "784,-3,10"], "got 784,-3,10; e.g. --sizes 784,30,10"),
     "sizes not numbers": (["--sizes", "784,x"], "--sizes wants comma-separated integers"),
+    "sizes with an empty entry": (["--sizes", "784,,10"], "--sizes has an empty entry in '784,,10'"),
     "sizes: input width not the data's": (["--sizes", "100,30,10"], "--sizes 784,30,10"),
     "sizes: fewer outputs than classes": (["--sizes", "784,30,5"], "outside [0, 5)"),
     # batch size
@@ -191,6 +193,12 @@ CLI_CASES = {
     "idx without --idx-dir": (["--dataset", "idx"], "needs idx_dir (--idx-dir DIR)"),
     "missing IDX folder": (["--dataset", "idx", "--idx-dir", "/no/such/folder"], "IDX folder not found"),
     "target cost NaN": (["--target-cost", "nan"], "--target-cost must be a finite number >= 0"),
+    # rules that choose by the evaluation accuracy must not watch the test set (issue 21)
+    "patience without --validation": (["--patience", "5"],
+                                      "--patience 5 chooses by the evaluation accuracy, which without --validation is "
+                                      "the test set's"),
+    "eta schedule without --validation": (["--eta-schedule", "2"], "--eta-schedule 2 chooses by the evaluation "
+                                                                   "accuracy"),
 }
 
 
@@ -401,3 +409,31 @@ def test_checkpoint_state_restores_through_the_cli_config(run_folder):
     params = gd.init_mlp(KEY, [784, 10, 10])
     ckpt = load_checkpoint(run_folder, like=gd.TrainState(params, gd.sgd(3.0, momentum=0.5).init(params)))
     assert ckpt.epoch == 2 and ckpt.config["momentum"] == 0.5
+
+
+def test_an_empty_out_is_refused_by_name(capsys):
+    _assert_one_line_exit_2(capsys, ["train", *QUICK, "--out", ""], "--out is empty; pass a folder name")
+
+
+def test_a_run_that_chose_on_the_test_set_before_the_rule_still_resumes(tmp_path, capsys, monkeypatch):
+    """Runs written before --patience needed --validation keep resuming as they started."""
+    import gd_jax.cli.train as train_command
+
+    out = tmp_path / "old"
+    with monkeypatch.context() as m:
+        m.setattr(train_command, "_check_selection", lambda settings: None)  # the CLI before the rule
+        assert main(["train", *QUICK, "--patience", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    history = gd.History.from_dict(json.loads((out / "history.json").read_text()))
+    assert len(history) == 2 and history.best_epoch is not None
+
+
+def test_devices_that_do_not_divide_the_batch_name_the_batch_size_flag(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "gd_jax", "train", *QUICK, "--devices", "3", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "--batch-size 10 does not divide evenly over 3 devices; use 9 or 12" in done.stderr, done.stderr
+    assert not out.exists()

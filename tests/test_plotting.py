@@ -173,6 +173,61 @@ def test_gallery_draws_the_misclassified_digits_and_their_answers(trained, tmp_p
     assert chosen.tolist() == [5, 3]
 
 
+def _cells_with_colour(path, fig, colour, *, rows: int, columns: int = 8, tolerance: int = 40) -> list[int]:
+    """How many pixels near ``colour`` each cell of a saved gallery holds (its one axes split into the cells)."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), np.int64)
+    box = fig.get_axes()[0].get_window_extent()  # display pixels: the saved PNG's at the same dpi, y up
+    near = np.abs(pixels - np.asarray(colour)).max(axis=-1) <= tolerance
+    top, width, height = pixels.shape[0] - box.y1, box.width / columns, box.height / rows
+    return [int(near[round(top + r * height):round(top + (r + 1) * height),
+                     round(box.x0 + c * width):round(box.x0 + (c + 1) * width)].sum())
+            for r in range(rows) for c in range(columns)]
+
+
+def test_gallery_bars_carry_class_labels_in_legible_text(trained, tmp_path, monkeypatch):
+    params, _, test = trained
+    figures = []
+    save = plotting._save
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    shown = plotting.plot_misclassified(params, test, tmp_path / "m.png", max_digits=8)
+    texts = [t for ax in figures[0].get_axes() for t in ax.texts]
+    assert min(t.get_fontsize() for t in texts) >= 6.5  # matplotlib's 5 pt is illegible at 100 dpi
+    labels = [t.get_text() for t in texts if t.get_text().isdigit() and len(t.get_text()) == 1]
+    # Per cell: the ten class labels under the bars and the 0 and 1 of the scale.
+    assert len(labels) == len(shown) * 12
+    assert sorted(labels[:12]) == sorted([*map(str, range(10)), "0", "1"])
+
+
+def test_the_answer_bar_shows_when_every_activation_is_near_zero(trained, tmp_path, monkeypatch):
+    """A network whose activations are all about 1e-6 still shows which bar is its answer (and the truth)."""
+    params, _, test = trained
+    figures = []
+    save = plotting._save
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    faint = lambda p, x: gd.predict(p, x) * 1e-6  # noqa: E731
+    shown = plotting.plot_misclassified(params, test, tmp_path / "faint.png", max_digits=8, predict_fn=faint)
+    assert len(shown) == 8
+    red = _cells_with_colour(tmp_path / "faint.png", figures[0], (214, 39, 40), rows=1)  # matplotlib's C3
+    green = _cells_with_colour(tmp_path / "faint.png", figures[0], (44, 160, 44), rows=1)  # C2
+    assert min(red) >= 10 and min(green) >= 10, (red, green)
+
+
+def test_learning_curves_title_states_each_setting_once(tmp_path, drawn):
+    """What ``gd-jax train`` draws: the settings in one line of the title, none of them twice."""
+    from gd_jax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--sizes", "784,10,10", "--epochs", "1", "--no-progress", "--no-tensorboard",
+                 "--momentum", "0.5", "--lmbda", "1", "--out", str(out)]) == 0
+    title = drawn["history.png"]["suptitle"]
+    settings = title.splitlines()[1]
+    assert settings == ("[784, 10, 10], sigmoid, quadratic cost, eta 3, batch 10, momentum 0.5, L2 lambda 1, "
+                        "init normal, seed 2")
+    assert title.count("784") == title.count("eta") == title.count("seed") == title.count("momentum") == 1, title
+    assert title.splitlines()[0].startswith("learning curves - final test accuracy ")
+
+
 def test_learning_curves_show_the_history_and_the_settings(trained, tmp_path, drawn):
     _, history, _ = trained
     records = [dict(r, train_accuracy=0.5 + 0.1 * r["epoch"]) for r in history.epochs]  # as fit records it soon

@@ -13,8 +13,12 @@ import argparse
 import io
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
+import types
+import zlib
 from contextlib import redirect_stderr, redirect_stdout
 
 import jax
@@ -23,7 +27,14 @@ import pytest
 from PIL import Image
 
 import gd_jax as gd
-from gd_jax._src.images import load_trained_network, predict_images, preprocess_digit, read_grey_image
+from gd_jax._src.images import (
+    _check_header,
+    find_images,
+    load_trained_network,
+    predict_images,
+    preprocess_digit,
+    read_grey_image,
+)
 from gd_jax.cli.predict import add_predict_arguments, run_predict
 
 N = 200
@@ -129,16 +140,70 @@ def _save(path, make) -> str:
 BAD_FILES = {
     "missing": (lambda p: str(p / "nope.png"), FileNotFoundError, r"image not found: .*nope\.png"),
     "text named .png": (lambda p: _save(p / "notes.png", lambda f: open(f, "w").write("not an image")), ValueError,
-                        r"cannot read .*notes\.png' as an image \(.*\); pass a PNG or JPEG file"),
+                        r"cannot read .*notes\.png' as an image: it is text; pass a PNG or JPEG file"),
     "truncated png": (lambda p: _save(p / "cut.png", lambda f: _truncated_png(f)), ValueError,
-                      r"cannot read .*cut\.png' as an image"),
+                      r"cut\.png' is damaged or incomplete"),
     "blank white": (lambda p: _save(p / "white.png", lambda f: Image.new("L", (60, 60), 255).save(f)), ValueError,
                     r"white\.png' shows no digit: all its pixels are within 10% of the background"),
     "faint noise": (lambda p: _save(p / "grey.png", lambda f: Image.fromarray(
         np.random.default_rng(0).integers(120, 135, (60, 60)).astype(np.uint8)).save(f)), ValueError,
                     r"shows no digit"),
-    "a folder": (lambda p: str(p), FileNotFoundError, r"image not found"),
+    "a folder": (lambda p: str(p), ValueError, r"is a folder, not an image; pass the image files in it"),
+    "a flipped byte in the image data": (lambda p: _save(p / "flipped.png", _flipped_png), ValueError,
+                                         r"flipped\.png' is damaged or incomplete \(.*bad header checksum in b'IDAT'"),
+    "empty": (lambda p: _save(p / "empty.png", lambda f: open(f, "wb").close()), ValueError,
+              r"empty\.png' is empty \(0 bytes\)"),
+    "20000x20000": (lambda p: _save(p / "huge.png", lambda f: _png_header(f, 20000, 20000)), ValueError,
+                    r"huge\.png' is too large to read safely \(400,000,000 pixels, more than Pillow's "
+                    r"decompression-bomb limit and the 67,108,864 \(2\*\*26\)"),
+    "over 2**26 pixels": (lambda p: _save(p / "big.png", lambda f: _png_header(f, 9000, 9000)), ValueError,
+                          r"big\.png' is 9000x9000 = 81,000,000 pixels, more than the 67,108,864 \(2\*\*26\)"),
+    "zero width": (lambda p: _save(p / "zero.png", lambda f: _png_header(f, 0, 10)), ValueError,
+                   r"cannot read .*zero\.png' as an image: it starts as an image \(PNG\) but its header cannot"),
+    "animated GIF": (lambda p: _save(p / "anim.gif", lambda f: _frames(f)), ValueError,
+                     r"anim\.gif' has 3 frames \(an animation or several pages\); pass a single still image"),
+    "animated PNG": (lambda p: _save(p / "anim.png", lambda f: _frames(f)), ValueError, r"anim\.png' has 3 frames"),
+    "multi-page TIFF": (lambda p: _save(p / "pages.tif", lambda f: _frames(f)), ValueError,
+                        r"pages\.tif' has 3 frames"),
+    "a params file": (lambda p: _save(p / "params.png", lambda f: np.savez(open(f, "wb"), x=np.zeros(2))),
+                      ValueError, r"params\.png' as an image: it is a zip archive \(such as a params\.npz\)"),
+    "not a regular file": (lambda p: "/dev/null", ValueError, r"'/dev/null' is not a regular file"),
 }
+
+
+def _png_header(path: str, width: int, height: int) -> None:
+    """A PNG of any declared size in a few bytes: its header and a token of image data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+                + chunk(b"IEND", b""))
+
+
+def _frames(path: str) -> None:
+    frames = [Image.fromarray(np.roll(np.eye(28, dtype=np.uint8) * 255, k, axis=1)) for k in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+
+
+def _flipped_png(path: str) -> None:
+    """A digit's PNG with one bit flipped in its IDAT data, where Pillow's lazy decoding still accepts it."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    for k in range(length):
+        flipped = bytearray(data)
+        flipped[start + k] ^= 0x01
+        try:
+            Image.open(io.BytesIO(bytes(flipped))).convert("L")  # what open-and-convert alone accepts
+        except Exception:
+            continue
+        with open(path, "wb") as f:
+            f.write(bytes(flipped))
+        return
+    raise AssertionError("no single flipped bit that Pillow's lazy decoding accepts")
 
 
 def _truncated_png(path: str) -> None:
@@ -233,15 +298,89 @@ def test_command_prints_each_digit_and_its_activations(tmp_path, run_dir, digits
 
 def test_command_bad_input_is_one_line_on_stderr_and_status_2(tmp_path, run_dir, digits):
     good = write_all(tmp_path / "png", digits[0][:1], lambda i, im: Image.fromarray(im))[0]
-    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     for argv, message in [
-        ([str(run_dir), good, str(tmp_path / "bad.jpg")], "cannot read"),  # a bad one among good ones
         ([str(tmp_path / "nowhere"), good], "run folder not found"),
         ([str(tmp_path / "png"), good], "is not a gd-jax run folder"),
+        ([good, str(run_dir)], "is not a params file: it is an image (PNG); pass the params.npz of a run folder "
+                               "(what gd-jax train writes, or gd.save_params); the run comes first: gd-jax predict "
+                               "RUN IMAGE..."),  # the arguments swapped
     ]:
         status, out, err = call(argv)
-        assert status == 2 and out == "", argv  # nothing printed for the good images either
+        assert status == 2 and out == "", argv  # a wrong network: nothing predicted
         assert err.startswith("gd-jax predict: error: ") and message in err and err.count("\n") == 1
+
+
+def test_bad_images_get_one_line_each_and_the_good_ones_are_still_predicted(tmp_path, run_dir, digits):
+    images, in_memory = digits
+    good = write_all(tmp_path / "png", images[:2], lambda i, im: Image.fromarray(im))
+    bad = {name: make(tmp_path) for name, (make, _, _) in BAD_FILES.items() if name != "a folder"}
+    (tmp_path / "empty folder").mkdir()
+    argv = [str(run_dir), good[0], *bad.values(), str(tmp_path / "empty folder"), str(tmp_path / "*.none"), good[1]]
+    status, out, err = call(argv)
+    assert status == 2
+    lines = err.splitlines()
+    assert len(lines) == len(bad) + 2 and all(line.startswith("gd-jax predict: error: ") for line in lines)
+    for name, line in zip(bad, lines[2:]):
+        assert re.search(BAD_FILES[name][2], line), (name, line)
+    assert "the folder" in lines[0] and "holds no image files" in lines[0] and "no file matches" in lines[1]
+    printed = out.splitlines()
+    assert [line.split()[0] for line in printed] == good
+    assert [int(line.split()[1]) for line in printed] == in_memory[:2].argmax(axis=1).tolist()
+    status, out, err = call([*argv, "--json"])
+    report = json.loads(out)
+    assert status == 2 and [p["image"] for p in report["predictions"]] == good
+    assert [e["image"] for e in report["errors"]] == [None, None, *bad.values()]
+    assert [e["error"] for e in report["errors"]] == [line.removeprefix("gd-jax predict: error: ") for line in lines]
+
+
+def test_folders_and_globs_stand_for_their_images_sorted(tmp_path, run_dir, digits):
+    images, _ = digits
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    names = ["b.PNG", "a.png", "c.jpg", "10.png", "2.png"]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(folder / name, format="JPEG" if name.endswith(".jpg") else "PNG")
+    (folder / "notes.txt").write_text("not a digit")  # not an image suffix: skipped in a folder
+    (folder / ".hidden.png").write_bytes(b"")  # hidden: skipped
+    (folder / "sub.png").mkdir()  # a folder inside: skipped
+    expected = [str(folder / n) for n in sorted(names)]
+    status, out, err = call([str(run_dir), str(folder)])  # the folder given as the image is read as a folder
+    assert status == 0 and err == ""
+    assert [line.split()[0] for line in out.splitlines()] == expected
+    status, out, err = call([str(run_dir), str(folder / "*.png"), str(folder / "a.png")])  # a.png once
+    assert status == 0 and err == ""
+    assert [line.split()[0] for line in out.splitlines()] == [str(folder / n) for n in ("10.png", "2.png", "a.png")]
+    paths, problems = find_images([folder, str(tmp_path / "x*"), str(tmp_path / "missing.png")])
+    assert paths == [*expected, str(tmp_path / "missing.png")]  # a missing file is reported when it is read
+    assert problems == [f"no file matches {str(tmp_path / 'x*')!r}; check the pattern (or quote it so the shell "
+                        "leaves it to gd-jax)"]
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, run_dir, digits):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    name = os.fsdecode(b"bad\xffname.png")
+    Image.fromarray(digits[0][0]).save(folder / name, format="PNG")
+    Image.fromarray(digits[0][1]).save(folder / "\u00fcn\u00efc\u00f6d\u00e9 \u2713.png")
+    (folder / os.fsdecode(b"worse\xfe.png")).write_text("text")
+    status, out, err = call([str(run_dir), str(folder)])
+    assert status == 2 and "worse\\udcfe.png' as an image: it is text" in err  # repr's escape
+    assert [line.split()[0] for line in out.splitlines()] == [str(folder / "bad\\xffname.png"),
+                                                              str(folder / "\u00fcn\u00efc\u00f6d\u00e9")]
+    out.encode("utf-8")  # printable
+
+
+def test_pillows_decompression_bomb_warning_is_an_error(tmp_path, monkeypatch):
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(tmp_path / "digit.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 784 pixels: over the limit, under twice it (a warning)
+    with pytest.raises(ValueError, match=r"digit\.png' is too large to read safely \(784 pixels"):
+        read_grey_image(tmp_path / "digit.png")
+
+
+@pytest.mark.parametrize("size", [(0, 5), (5, 0)])
+def test_an_image_without_pixels_is_refused(size):
+    with pytest.raises(ValueError, match=rf"'x' is {size[0]}x{size[1]} pixels: it has no pixels"):
+        _check_header("x", types.SimpleNamespace(size=size))
 
 
 @pytest.mark.slow

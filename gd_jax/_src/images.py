@@ -24,9 +24,14 @@ submodule of that name would replace the function ``gd.predict`` on the package 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from collections.abc import Sequence
+import re
+import struct
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -35,12 +40,15 @@ import numpy as np
 from gd_jax._src.analysis import PredictFn, output_activations
 from gd_jax._src.extras import require
 from gd_jax._src.network import Params, layer_sizes
-from gd_jax._src.serialization import load_params
+from gd_jax._src.serialization import describe_file, load_params
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "MODES",
     "ImagePredictions",
     "TrainedNetwork",
+    "find_images",
     "load_trained_network",
     "predict_images",
     "preprocess_digit",
@@ -53,6 +61,12 @@ BOX = 20  # the box each digit was scaled to fit
 CENTRE = 14.0  # where MNIST's centres of mass sit (row, column)
 NOISE_FLOOR = 0.1  # ink below this fraction of the peak is background noise
 MIN_CONTRAST = 0.1  # a digit's ink must differ from the background by this much of the full scale
+# The most pixels an image file may have (2**26: 8192x8192): a digit needs far fewer, and a
+# larger file is more likely a mistake or a decompression bomb than a digit.
+MAX_PIXELS = 2**26
+# What a folder given as an image is searched for (the case of the suffix does not matter).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+_GLOB = re.compile(r"[*?[]")
 # ITU-R 601 luma weights, as Pillow's "L" conversion uses.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -116,20 +130,92 @@ def read_grey_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: str) -> np.ndarray:
+    """The pixels of an image file, decoded fully and verified, as an array (``L`` or ``RGBA``).
+
+    Refused with one line naming the file and why: missing, a folder, not a regular file,
+    unreadable, empty, not an image (with what it is), damaged (bad checksums, truncated
+    data), animated or multi-page, zero-size, more than ``MAX_PIXELS`` pixels, or what
+    Pillow takes for a decompression bomb.
+    """
     require("PIL", purpose="image files")
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not an image; pass the image files in it (gd-jax predict reads "
+                         "every image of a folder given as an argument)")
+    if not os.path.exists(path):
         raise FileNotFoundError(f"image not found: {path!r}; pass the path of a PNG or JPEG file")
+    if not os.path.isfile(path):  # a device, a FIFO (which could block a read forever), a socket
+        raise ValueError(f"{path!r} is not a regular file; pass the path of a PNG or JPEG file")
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                return np.asarray(image.convert("RGBA"))
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r} ({e.strerror or e}); check its permissions") from None
+    if empty:
+        raise ValueError(f"{path!r} is empty (0 bytes); pass a PNG or JPEG file")
+
+    def damaged(e: BaseException) -> ValueError:
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise ValueError(f"cannot read {path!r} as an image ({reason}); pass a PNG or JPEG file") from None
+        return ValueError(f"{path!r} is damaged or incomplete ({reason}); pass an intact PNG or JPEG file")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not merely warned of
+            with Image.open(path) as header:  # reads the header only
+                _check_header(path, header)
+                header.verify()  # every chunk's checksum (PNG), the whole structure; leaves the image unusable
+            with Image.open(path) as opened:  # verify() spends its image: a fresh one, decoded fully
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                    return np.asarray(image.convert("RGBA"))
+                if image.mode.startswith(("I", "F")):  # 16- or 32-bit integer or float grey
+                    return _wide_grey(np.asarray(image))
+                return np.asarray(image.convert("L"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(size[1]):,} pixels, " if size else ""
+        raise ValueError(f"{path!r} is too large to read safely ({pixels}more than Pillow's decompression-bomb limit "
+                         f"and the {MAX_PIXELS:,} (2**26) an image may have here); scale it down (a digit needs a few "
+                         "hundred pixels a side)") from None
+    except UnidentifiedImageError:
+        kind = describe_file(path)
+        if kind is None:
+            what = ": it is a zip archive (such as a params.npz)"
+        elif kind.startswith("an image"):
+            what = (f": it starts as {kind} but its header cannot be decoded (damaged, zero-size, or a variant "
+                    "Pillow does not read)")
+        else:
+            what = f": it is {kind}"
+        raise ValueError(f"cannot read {path!r} as an image{what}; pass a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, TypeError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(repr(path)):
+            raise  # ours, from _check_header
+        raise damaged(e) from None
+
+
+def _check_header(path: str, image: Any) -> None:
+    """Refuses an opened image by what its header says: zero-size, too many pixels, several frames."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path!r} is {width}x{height} pixels: it has no pixels; pass an image of a digit")
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"{path!r} is {width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
+                         "(2**26) an image may have here; scale it down (a digit needs a few hundred pixels a side)")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ValueError(f"{path!r} has {frames} frames (an animation or several pages); pass a single still image "
+                         "of one digit")
+
+
+def _wide_grey(array: np.ndarray) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image as floats in [0, 1] (integers by their type's range)."""
+    if np.issubdtype(array.dtype, np.integer):
+        wide = array.dtype.itemsize > 2 and array.max(initial=0) > 65535  # 32-bit values beyond 16 bits
+        top = float(np.iinfo(array.dtype).max) if wide else 65535.0
+        return np.clip(array.astype(np.float64) / top, 0.0, 1.0)
+    return array.astype(np.float64)
 
 
 def _resize(ink: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -191,6 +277,50 @@ def preprocess_digit(image: str | os.PathLike | np.ndarray, *, mode: str = "auto
     return field.astype(np.float32).reshape(-1)
 
 
+def find_images(arguments: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """The image files that command-line arguments name: files, folders and glob patterns.
+
+    A file is taken as it is (whether it exists is found out when it is read); a folder
+    stands for every image file directly inside it (by ``IMAGE_SUFFIXES``, any case; hidden
+    files skipped), sorted by name; a pattern with ``*``, ``?`` or ``[`` that names no file
+    itself stands for the files it matches, sorted (folders among them are left out). A
+    file named twice is taken once.
+
+    Returns:
+      ``(paths, problems)``: the files to read, and one line for each argument that stands
+      for no file (an empty folder, an unreadable one, a pattern without matches).
+    """
+    paths: list[str] = []
+    problems: list[str] = []
+
+    def add(argument: str) -> None:
+        if os.path.isdir(argument):
+            try:
+                names = sorted(os.listdir(argument))
+            except OSError as e:
+                problems.append(f"cannot list the folder {argument!r} ({e.strerror or e}); check its permissions")
+                return
+            inside = [os.path.join(argument, n) for n in names
+                      if not n.startswith(".") and n.lower().endswith(IMAGE_SUFFIXES)
+                      and os.path.isfile(os.path.join(argument, n))]
+            if not inside:
+                problems.append(f"the folder {argument!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}); pass a "
+                                "folder of PNG or JPEG digits, or the files themselves")
+            paths.extend(inside)
+        elif os.path.lexists(argument) or not _GLOB.search(argument):
+            paths.append(argument)
+        else:
+            matches = [match for match in sorted(glob.glob(argument)) if not os.path.isdir(match)]
+            if not matches:
+                problems.append(f"no file matches {argument!r}; check the pattern (or quote it so the shell leaves it "
+                                "to gd-jax)")
+            paths.extend(matches)
+
+    for argument in arguments:
+        add(os.fspath(argument))
+    return list(dict.fromkeys(paths)), problems
+
+
 def predict_images(
     params: Params,
     images: Sequence[str | os.PathLike | np.ndarray],
@@ -198,11 +328,12 @@ def predict_images(
     activation: str = "sigmoid",
     mode: str = "auto",
     predict_fn: PredictFn | None = None,
+    on_error: Callable[[int, Exception], None] | None = None,
 ) -> ImagePredictions:
     """The network's digit for each image, after ``preprocess_digit``.
 
-    Every image is read and prepared before the network runs, so a bad one stops the call
-    before any result.
+    Every image is read and prepared before the network runs, so that without ``on_error``
+    a bad one stops the call before any result.
 
     Args:
       params: a network taking 784 inputs (e.g. ``load_trained_network(run).params``).
@@ -210,6 +341,10 @@ def predict_images(
       activation: the neurons' non-linearity.
       mode: see ``preprocess_digit``.
       predict_fn: ``predict_fn(params, x) -> scores`` for a model other than gd_jax's MLP.
+      on_error: ``on_error(index, error)`` for each image that cannot be read or shows no
+        digit (a ``ValueError`` or ``FileNotFoundError`` naming the file and why); that image
+        is then left out and the result holds the others, in order. Without it the first
+        bad image raises.
 
     Examples:
       For a run folder: ``net = gd.load_trained_network("runs/textbook")``, then
@@ -229,7 +364,17 @@ def predict_images(
     if predict_fn is None and layer_sizes(params)[0] != SIDE * SIDE:
         raise ValueError(f"the network takes {layer_sizes(params)[0]} inputs, but images become {SIDE}x{SIDE} = "
                          f"{SIDE * SIDE}; use a network trained on MNIST-shaped digits")
-    inputs = np.stack([preprocess_digit(image, mode=mode) for image in images])
+    if mode not in MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r}; choose one of {', '.join(MODES)}")
+    prepared = []
+    for i, image in enumerate(images):
+        try:
+            prepared.append(preprocess_digit(image, mode=mode))
+        except (ValueError, FileNotFoundError) as e:
+            if on_error is None:
+                raise
+            on_error(i, e)
+    inputs = np.stack(prepared) if prepared else np.zeros((0, SIDE * SIDE), np.float32)
     activations = output_activations(params, jnp.asarray(inputs), activation=activation, predict_fn=predict_fn)
     return ImagePredictions(activations.argmax(axis=-1), activations, inputs)
 

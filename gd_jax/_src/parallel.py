@@ -116,17 +116,18 @@ def data_mesh(devices: int | str | Sequence[jax.Device] | None = None) -> Mesh:
     return jax.make_mesh((len(chosen),), (DATA_AXIS,), devices=chosen)
 
 
-def check_batch_size(batch_size: int, n_devices: int) -> None:
+def check_batch_size(batch_size: int, n_devices: int, *, name: str = "batch_size") -> None:
     """Raises ``ValueError`` unless ``batch_size`` splits evenly over ``n_devices``.
 
     The message names the nearest valid sizes, e.g. ``batch_size 10 does not divide evenly
-    over 4 devices; use 8 or 12``.
+    over 4 devices; use 8 or 12``; ``name`` is what the caller calls the batch size (the
+    command line passes ``"--batch-size"``).
     """
     if batch_size % n_devices:
         below = batch_size - batch_size % n_devices
         above = below + n_devices
         nearest = f"{below} or {above}" if below else f"{above}"
-        raise ValueError(f"batch_size {batch_size} does not divide evenly over {n_devices} devices; use {nearest} "
+        raise ValueError(f"{name} {batch_size} does not divide evenly over {n_devices} devices; use {nearest} "
                          f"(a multiple of {n_devices}), or train on fewer devices")
 
 

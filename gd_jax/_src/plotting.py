@@ -70,8 +70,9 @@ def _save(fig, path: str | os.PathLike) -> None:
 def describe_config(config: Mapping[str, Any]) -> str:
     """One line naming a run's settings, e.g. for a figure's title.
 
-    Names the network, activation, cost, learning rate, batch size, momentum, init and
-    seed (those of them ``config``, a run's ``config.json``, holds).
+    Names the network, activation, cost, learning rate, batch size, momentum, L2
+    regularisation, the stopping and schedule rules, init and seed (those of them ``config``,
+    a run's ``config.json``, holds), each once.
     """
     parts = []
     if "sizes" in config:
@@ -88,6 +89,12 @@ def describe_config(config: Mapping[str, Any]) -> str:
         momentum = config["momentum"]
         nesterov = " (Nesterov)" if config.get("nesterov") else ""
         parts.append("no momentum" if momentum is None else f"momentum {momentum:g}{nesterov}")
+    if config.get("lmbda"):
+        parts.append(f"L2 lambda {config['lmbda']:g}")
+    if config.get("patience") is not None:
+        parts.append(f"patience {config['patience']}")
+    if config.get("eta_schedule") is not None:
+        parts.append(f"eta halved after {config['eta_schedule']} flat epochs")
     if "init" in config:
         parts.append(f"init {config['init']}")
     if "seed" in config:
@@ -118,7 +125,8 @@ def plot_history(
       history: the run's ``History`` (or its ``to_dict()``, as in ``history.json``). Columns
         that are absent or None are left out: ``train_accuracy`` is drawn when recorded.
       path: the PNG to write (atomically).
-      title: the figure's first title line; default "learning curves".
+      title: the figure's first title line; default "learning curves". The settings are
+        the second line's: a title that names them too would state them twice.
       config: the run's settings (``config.json``): the second title line names them
         (``describe_config``), and its ``validation`` says whether the evaluation curve is
         the test or the validation set.
@@ -145,7 +153,9 @@ def plot_history(
             if values is not None:
                 label = "training data" if who == "train" else f"{eval_name} data"
                 ax.plot(epochs, values, marker=".", color=style, label=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:  # whole epochs, half an epoch of margin (a single epoch would otherwise get fractional ticks)
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.grid(alpha=0.3)
     if test_accuracy is not None:
         ax_acc.axhline(test_accuracy, color="C3", linestyle="--", linewidth=1,
@@ -226,9 +236,11 @@ def plot_misclassified(
 ) -> np.ndarray:
     """Draws a gallery of misclassified examples with their labels and output activations.
 
-    Each cell shows the digit and, below it, the output activations as bars from 0 to 1
-    (green the true digit, red the network's answer). 8 columns of 140x200 px, plus 100 px of
-    titles: 1120 x (rows * 200 + 100) px.
+    Each cell shows the digit and, below it, the output activations as bars from 0 to 1, each
+    labelled with its class (green the true digit, red the network's answer; their columns are
+    shaded over the whole 0-1 range and every bar has an outline, so that both show even when
+    every activation is near 0). 8 columns of 140x200 px, plus 100 px of titles:
+    1120 x (rows * 200 + 100) px.
 
     Args:
       params: the network.
@@ -251,9 +263,9 @@ def plot_misclassified(
     columns = 8
     rows = max(1, math.ceil(len(chosen) / columns))
     h, w = image_shape
-    # A cell in image pixels: a title line, the digit, the bars (as tall as half the digit).
-    title_h, bars_h, gap = 0.25 * h, 0.5 * h, 0.25 * h
-    cell = (1.25 * w, title_h + h + gap + bars_h + gap)
+    # A cell in image pixels: a title line, the digit, the bars (0 to 1), their class labels.
+    title_h, gap, bars_h, labels_h = 0.25 * h, 0.12 * h, 0.62 * h, 0.22 * h
+    cell = (1.25 * w, title_h + h + gap + bars_h + labels_h + gap)
     plt = _pyplot()
     fig = plt.figure(figsize=(columns * 1.4, rows * 2.0 + 1.0))
     ax = _mosaic_axes(fig, rows, columns, cell, top_in=0.6, bottom_in=0.4)
@@ -261,34 +273,46 @@ def plot_misclassified(
     bar_x, bar_base, bar_height, bar_colours = [], [], [], []
     n_classes = a.shape[-1] if a.size else 10
     bar_w = w / n_classes
+    label_size = 7 if n_classes <= 10 else max(4.5, 70 / n_classes)  # class labels fit under their bars
     for position, (index, scores) in enumerate(zip(chosen, a)):
         row, col = divmod(position, columns)
         left, top = col * cell[0] + 0.125 * w, row * cell[1] + title_h
         mosaic[round(top):round(top) + h, round(left):round(left) + w] = x[index].reshape(image_shape)
         answer, truth = int(scores.argmax()), int(y[index])
-        ax.text(left + w / 2, top - 1, f"#{index}: true {truth}, net {answer}", ha="center", va="bottom", fontsize=7)
+        ax.text(left + w / 2, top - 1, f"#{index}: true {truth}, net {answer}", ha="center", va="bottom", fontsize=8)
         ax.add_patch(plt.Rectangle((round(left) - 0.5, round(top) - 0.5), w, h, fill=False, linewidth=0.5))
         base = top + h + gap + bars_h
+        # The true digit's and the answer's columns are shaded over their whole 0-1 range, so
+        # that they show where they are even when every activation is near 0.
+        for k, colour in ((truth, "C2"), (answer, "C3")):
+            if 0 <= k < n_classes:
+                ax.add_patch(plt.Rectangle((left + k * bar_w + 0.05 * bar_w, base - bars_h), 0.9 * bar_w, bars_h,
+                                           color=colour, alpha=0.15, linewidth=0))
         for k, score in enumerate(np.clip(scores, 0, 1)):
+            colour = "C2" if k == truth else "C3" if k == answer else "0.55"
             bar_x.append(left + (k + 0.5) * bar_w)
             bar_base.append(base)
             bar_height.append(-bars_h * float(score))  # y grows downwards: negative heights rise
-            bar_colours.append("C2" if k == truth else "C3" if k == answer else "0.6")
+            bar_colours.append(colour)
+            ax.text(left + (k + 0.5) * bar_w, base + 0.5, str(k), ha="center", va="top", fontsize=label_size,
+                    color=colour if colour != "0.55" else "0.3", fontweight="bold" if k in (truth, answer) else None)
         ax.plot([left, left + w], [base, base], color="0.3", linewidth=0.5)
-        ax.text(left - 0.5, base, "0", ha="right", va="center", fontsize=5)
-        ax.text(left - 0.5, base - bars_h, "1", ha="right", va="center", fontsize=5)
+        ax.text(left - 0.4, base, "0", ha="right", va="center", fontsize=7, color="0.3")
+        ax.text(left - 0.4, base - bars_h, "1", ha="right", va="center", fontsize=7, color="0.3")
     cmap = plt.get_cmap("gray_r").with_extremes(bad="white")
     ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=1, extent=(0, mosaic.shape[1], mosaic.shape[0], 0),
               interpolation="nearest")
     if bar_x:
-        ax.bar(bar_x, bar_height, width=bar_w * 0.8, bottom=bar_base, color=bar_colours)
+        # An outline as wide as the bar: a bar of activation 0 still shows as a line in its colour.
+        ax.bar(bar_x, bar_height, width=bar_w * 0.8, bottom=bar_base, color=bar_colours, edgecolor=bar_colours,
+               linewidth=1.5, zorder=3)  # over the base line
     ax.set_xlim(0, columns * cell[0])
     ax.set_ylim(rows * cell[1], 0)
     if not len(chosen):
         ax.text(columns * cell[0] / 2, cell[1] / 2, f"no misclassified {data_name} examples", ha="center")
     fig.suptitle(f"misclassified {data_name} digits: {len(wrong):,} of {len(y):,} (first {len(chosen)} shown)")
-    fig.supxlabel(f"bars: the output activations of classes 0-{n_classes - 1}, from 0 to 1 "
-                  "(green the true digit, red the network's answer)", fontsize=9)
+    fig.supxlabel(f"bars: the output activation of each class 0-{n_classes - 1}, from 0 to 1 (green the true digit, "
+                  "red the network's answer, their columns shaded)", fontsize=10)
     _save(fig, path)
     return chosen
 

@@ -17,6 +17,7 @@ from gd_jax.cli.runs import BadInput, bad_input
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout quit early
 
 # Where the persistent compilation cache lives; "off" (or 0, false, no, empty) turns it off.
 COMPILE_CACHE_ENV = "GD_JAX_COMPILE_CACHE"
@@ -40,8 +41,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def sizes_flag(text: str) -> list[int]:
+    entries = text.replace(" ", "").split(",")
+    if entries and not entries[-1]:  # a trailing comma: harmless
+        entries.pop()
+    if "" in entries and any(entries):  # 784,,10 would silently drop a layer
+        raise argparse.ArgumentTypeError(f"--sizes has an empty entry in {text!r}; write one integer per layer, "
+                                         "like 784,30,10")
     try:
-        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
+        sizes = [int(s) for s in entries if s]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--sizes wants comma-separated integers like 784,30,10, got {text!r}") from None
@@ -106,7 +113,7 @@ def select_device(device: str | None):
     wanted = PLATFORMS.get(device) if device else None
     if wanted is not None:
         jax.config.update("jax_platforms", wanted)  # before JAX starts a backend; ignored after
-    platform = wanted or os.environ.get("JAXPLATFORMS") or jax.config.jax_platforms or None
+    platform = wanted or os.environ.get("JAXPLATFORMS") or jax.config.jax_platforms or None  # type: ignore[attr-defined]
     try:
         devices = jax.devices(device) if device else jax.devices()
     except (RuntimeError, AssertionError) as e:  # JAX's errors (an assertion for some) when a platform fails to start

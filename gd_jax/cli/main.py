@@ -2,13 +2,15 @@
 
 Exit status: 0 done; 2 bad input (one line on stderr naming the fix; ``--debug`` adds the
 traceback); 3 the run diverged (the run folder keeps the last good epoch); 4 a process of a
-multi-process run lost a peer; 130 interrupted (Ctrl-C or SIGTERM; resume with ``--resume``).
+multi-process run lost a peer; 130 interrupted (Ctrl-C or SIGTERM; resume with ``--resume``);
+141 the reader of its output quit early (``| head``), as a shell reports SIGPIPE.
 Any other failure is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from gd_jax._src.parallel import PeerLostError
 from gd_jax.cli import bench, evaluate, launch, predict, runs, sweep, train
 from gd_jax.cli.flags import (
     EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     PLATFORMS,
     Parser,
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _given_options(argv: Sequence[str]) -> set[str]:
     """The destinations of the options written on the command line (not taken from defaults)."""
     parser = build_parser()
-    for p in (parser, *parser.gd_jax_commands):
+    for p in (parser, *parser.gd_jax_commands):  # type: ignore[attr-defined]
         for action in p._actions:  # argparse has no public way to ask which options were given
             if action.dest not in ("help", "command", "version"):
                 action.default = argparse.SUPPRESS
@@ -101,6 +104,16 @@ def _start_parallel(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then one more case below
+        return status
+    except BrokenPipeError:  # the reader of stdout quit early (e.g. `gd-jax predict ... | head -1`): not an error
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -117,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return launch.run_launch(args)
         use_compile_cache(compile_cache_folder(args.no_compile_cache))
         args.mesh = _start_parallel(args) if args.command == "train" else None
-        platforms = jax.config.jax_platforms
+        platforms = jax.config.jax_platforms  # type: ignore[attr-defined]
         try:
             device = select_device(args.device)
             # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
@@ -139,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("gd-jax: interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that Python's final flush of a closed pipe prints nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in a test)
+        pass
 
 
 def _bench(args: argparse.Namespace, given: set[str], command_line: list[str]) -> int:

@@ -79,7 +79,6 @@ __all__ = [
     "remove_best_params_except",
     "remove_stale_temporaries",
     "resume_settings",
-    "title_of",
     "write_figures",
     "write_json",
 ]
@@ -657,16 +656,6 @@ class EpochProgress:
             self._bar = None
 
 
-def title_of(config: Mapping[str, Any]) -> str:
-    """A figure title naming the settings that tell runs apart."""
-    parts = [f"{config.get('sizes')}", f"{config.get('activation', 'sigmoid')}",
-             f"{config.get('cost')} cost", f"eta={config.get('learning_rate')}", f"batch {config.get('batch_size')}"]
-    if config.get("momentum") is not None:
-        parts.append(f"{'Nesterov ' if config.get('nesterov') else ''}momentum {config['momentum']}")
-    parts += [f"{config.get('init')} init", f"seed {config.get('seed')}"]
-    return ", ".join(parts)
-
-
 def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *, params: Any = None,
                   test: Any = None, test_cost: float | None = None, test_accuracy: float | None = None,
                   tensorboard: bool = True) -> None:
@@ -684,10 +673,9 @@ def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
     eval_label = "validation" if config.get("eval_data") == "validation" else "test"
     if params is not None and test is not None:
         write_run_figures(folder.path, params, test, history, config, activation=config.get("activation"),
-                          test_accuracy=test_accuracy, title=title_of(config))
-    else:
-        plot_history(history, folder.file("history.png"), title=title_of(config), config=config,
-                     eval_label=eval_label)
+                          test_accuracy=test_accuracy)
+    else:  # the settings are the title's second line (from config), stated once
+        plot_history(history, folder.file("history.png"), config=config, eval_label=eval_label)
     if tensorboard:
 
         figures = [folder.file(name) for name in RUN_FIGURES if os.path.exists(folder.file(name))]

@@ -85,10 +85,10 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                             "(the textbook's chapter 3; default none)")
     train.add_argument("--patience", type=int, default=None,
                        help="early stopping: stop when the evaluation accuracy has not improved for this many epochs, "
-                            "and keep the best epoch's parameters (use with --validation)")
+                            "and keep the best epoch's parameters (needs --validation)")
     train.add_argument("--eta-schedule", type=int, default=None, metavar="N",
                        help="halve eta each time the evaluation accuracy has not improved for N epochs; stop once it "
-                            "is 1/128 of its start (the textbook's schedule; use with --validation)")
+                            "is 1/128 of its start (the textbook's schedule; needs --validation)")
     train.add_argument("--validation", action="store_true",
                        help="evaluate on a validation set held out of the training data (test reported at the end)")
     train.add_argument("--out", help="run folder (default runs/<date-time>)")
@@ -141,6 +141,24 @@ def _check_flags(s: dict[str, Any]) -> None:
     check_data_flags(s["dataset"], s["idx_dir"], s["data_dir"], s.get("download", False))
 
 
+def _check_selection(s: dict[str, Any]) -> None:
+    """``--patience`` and ``--eta-schedule`` choose by the evaluation accuracy: refused unless it is a validation set's.
+
+    Without ``--validation`` the evaluation data are the test set, so the best epoch (or the
+    halving of eta) would be chosen on the test set and the reported test accuracy would be
+    optimistic. Refused rather than implied: ``--validation`` holds examples out of the training
+    data, a different run from the one the command line describes, and a one-line refusal lets
+    the user choose it knowingly.
+    """
+    if s["validation"]:
+        return
+    for flag, value in (("--patience", s["patience"]), ("--eta-schedule", s["eta_schedule"])):
+        if value is not None:
+            raise UsageError(f"{flag} {value} chooses by the evaluation accuracy, which without --validation is the "
+                             f"test set's (the test accuracy would then be optimistic); add --validation to watch "
+                             f"a validation set held out of the training data")
+
+
 @dataclasses.dataclass
 class _Plan:
     """A validated run, ready to write: its settings, data, starting state and folder."""
@@ -169,12 +187,17 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
     _check_flags({**settings, "download": args.download})
+    if args.out is not None and not args.out.strip():
+        raise UsageError("--out is empty; pass a folder name such as --out runs/textbook, or leave --out out for "
+                         "runs/<date-time>")
+    if args.resume is None:  # a run saved before this rule keeps resuming as it started
+        _check_selection(settings)
     key = seed_key(settings["seed"])
     optimizer = gd.sgd(settings["learning_rate"], momentum=settings["momentum"], nesterov=settings["nesterov"])
     # With the schedule, fit wraps the optimizer so that its state carries the learning-rate scale:
     # checkpoints hold that state.
     stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
-    cost = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])
+    cost: Any = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])  # type: ignore[call-arg]
     if args.resume is None and is_writer():  # in a multi-process run, process 0 alone writes the run folder
         runs.check_out(out, overwrite=args.overwrite)
     init_key, shuffle_key = jax.random.split(key)
@@ -192,7 +215,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
                          "textbook uses 10")
     with bad_input():
         if args.mesh is not None:
-            check_batch_size(settings["batch_size"], args.mesh.size)
+            check_batch_size(settings["batch_size"], args.mesh.size, name="--batch-size")
         check_fit_arguments(params, train, eval_data=eval_data, epochs=settings["epochs"],
                             batch_size=settings["batch_size"], target_cost=settings["target_cost"],
                             max_growth=settings["max_growth"], patience=settings["patience"],
@@ -209,6 +232,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     }
     opt_state, history, done, best_params = None, None, 0, None
     if checkpoint is not None:
+        assert out is not None  # a resumed run's folder
         with bad_input():
             ckpt = load_checkpoint(checkpoint, like=gd.TrainState(params, stateful.init(params)))
         for k in ("n_train", "n_eval"):
@@ -225,8 +249,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         if settings["epochs"] < done:
             raise UsageError(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} has "
                              f"done; pass --epochs {done} or more")
-    elif saved:
-        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out)
+    elif saved:  # resumed before its first checkpoint
+        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out or "")
     for segment in config["segments"]:  # the epochs a killed segment saved are all it contributed
         if segment.get("last_epoch") is None or segment["last_epoch"] > done:
             segment["last_epoch"] = done
@@ -246,7 +270,7 @@ def run_train(args: argparse.Namespace, given: set[str], command: list[str]) -> 
         except PeerLostError as e:  # another process died or hung: one line, and out at once
             exit_peer_lost(e, resume=out)
     if args.resume is not None:
-        folder = runs.open_run_folder(out)
+        folder = runs.open_run_folder(args.resume)
         folder.write_json(runs.CONFIG, plan.config)
     else:
         folder = runs.claim_run_folder(out, plan.config, overwrite=args.overwrite)
