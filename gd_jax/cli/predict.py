@@ -11,7 +11,11 @@ from gd_jax._src.images import MODES, load_trained_network, predict_images
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds ``gd-jax predict``'s arguments to ``parser`` (a sub-command's parser); returns it."""
-    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz)")
+    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz), or a sweep folder "
+                                    "with --model")
+    parser.add_argument("--model", default=None, metavar="K",
+                        help="with a sweep folder: its model K (an index) or coordinates such as "
+                             "learning_rate=3,seed=1 (without it, the models are listed)")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="PNG or JPEG files of single digits, any size, dark-on-light or light-on-dark")
     parser.add_argument("--json", action="store_true",
@@ -31,7 +35,7 @@ def run_predict(args: argparse.Namespace) -> int:
     stderr, nothing on stdout, and returns 2.
     """
     try:
-        network = load_trained_network(args.run)
+        network = load_trained_network(args.run, model=args.model)
         result = predict_images(network.params, args.images, activation=network.activation, mode=args.preprocess)
     except (ValueError, FileNotFoundError) as e:
         print(f"gd-jax predict: error: {e}", file=sys.stderr)

@@ -406,6 +406,9 @@ def command_settings(args: Any, given: set[str], *, settings: Sequence[str], may
         if flag in given:
             raise BadInput(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
                            f"{what} in {args.resume} itself; drop --{flag}")
+    if what == "run" and os.path.isfile(os.path.join(args.resume, "sweep.json")):
+        raise BadInput(f"{args.resume!r} is a sweep folder, not a run folder; continue it with: gd-jax sweep --resume "
+                       f"{args.resume}")
     written = {k: getattr(args, k) for k in given if k in settings}
     resumed, saved, checkpoint = resume_settings(args.resume, written, settings=settings, may_change=may_change,
                                                  defaults=defaults)

@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,12 @@ from gd_jax._src.network import ACTIVATIONS, INITS
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax._src.sweep import SweepResult, grid_points, sweep
+from gd_jax._src.sweep_figures import plot_sweep
 from gd_jax._src.tensorboard import write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import runs
 from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
-from gd_jax.cli.runs import BadInput, bad_input
+from gd_jax.cli.runs import BadInput, bad_input, plural
 
 SWEEP_FILES = ("sweep.json", "sweep.csv", "accuracy.png", "costs.png")
 # What defines a sweep, saved in config.json and in every checkpoint.
@@ -196,59 +198,6 @@ def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[st
     return written
 
 
-def plot_sweep(result: Any, out: str, *, metric: str = "eval_accuracy") -> None:
-    """Writes ``accuracy.png`` (final ``metric`` against each swept value, mean and spread over the
-    seeds, each seed a dot) and ``costs.png`` (every model's training cost per epoch), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
-    def save(fig, name: str) -> None:
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write_bytes(os.path.join(out, name), png.getvalue())
-
-    finals = result.final(metric)
-    names = list(result.grid)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), constrained_layout=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
-        values = sorted(result.grid[name])
-        per_value = [[100 * finals[m["model"]] for m in result.models
-                      if m[name] == v and finals[m["model"]] is not None] for v in values]
-        for v, ys in zip(values, per_value):
-            ax.scatter([v] * len(ys), ys, color="C0", alpha=0.35, s=14)
-        means = [np.mean(ys) if ys else np.nan for ys in per_value]
-        spread = [np.std(ys) if ys else np.nan for ys in per_value]
-        ax.errorbar(values, means, yerr=spread, color="C1", marker="o", capsize=4, label="mean ± std over seeds")
-        positive = all(v > 0 for v in values)
-        if positive and len(values) > 1 and max(values) / min(values) >= 20:
-            ax.set_xscale("log")
-        ax.set(xlabel=name, ylabel=f"final {metric.replace('_', ' ')} (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save(fig, "accuracy.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    first = names[0]
-    colours = {v: f"C{i % 10}" for i, v in enumerate(sorted(result.grid[first]))}
-    labelled = set()
-    for m in result.models:
-        records = [r for r in result.records if r["model"] == m["model"] and r["status"] != "diverged"]
-        if records:
-            v = m[first]
-            ax.plot([r["epoch"] for r in records], [r["train_cost"] for r in records], color=colours[v], alpha=0.6,
-                    label=None if v in labelled else f"{first} = {v:g}")
-            labelled.add(v)
-    ax.set(xlabel="epoch", ylabel="training cost", title=f"{len(result)} models")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    save(fig, "costs.png")
-
-
 def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | None = None) -> int:
     """Runs ``gd-jax sweep`` for parsed ``args``; ``given`` names the options written on the command
     line (those ``--resume`` checks), ``command`` is the command line recorded in ``config.json``.
@@ -324,12 +273,74 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     config["segments"].append(runs.environment(command, first_epoch=done + 1))
     models = len(grid_points(grid)) * len(settings["seeds"])
     return out, {"settings": settings, "config": config, "init": init, "train": train, "eval_data": eval_data,
-                 "kwargs": kwargs, "resume": resume, "done": done, "models": models}
+                 "kwargs": kwargs, "test": test, "resume": resume, "done": done, "models": models}
+
+
+class _SweepProgress(runs.EpochProgress):
+    """``train``'s progress (a bar on a terminal, one plain line per epoch otherwise) for a whole sweep."""
+
+    def describe(self, record: Mapping[str, Any]) -> str:
+        best = f"best {self.eval_name} accuracy {record['best']:.4f}" if record["best"] is not None else "no model left"
+        return f"{record['models']}, {best}, {record['diverged']} diverged"
+
+
+def _epoch_record(result: SweepResult, epoch: int) -> dict[str, Any]:
+    finals = [a for a in result.final("eval_accuracy") if a is not None and math.isfinite(a)]
+    return {"epoch": epoch, "seconds": result.epoch_seconds[-1] if result.epoch_seconds else 0.0,
+            "models": plural(len(result), "model"), "best": max(finals) if finals else None,
+            "diverged": sum(m["stop_reason"] == "diverged" for m in result.models)}
+
+
+def _coords(point: dict[str, Any], grid: dict[str, list[float]]) -> str:
+    return ", ".join(f"{n}={point[n]:g}" for n in grid)
+
+
+def _diverged_line(result: SweepResult, folder: str) -> str:
+    """One line: which grid points diverged (with their seeds), why, and the fix."""
+    diverged = [m for m in result.models if m["stop_reason"] == "diverged"]
+    points: dict[str, list[int]] = {}
+    for m in diverged:
+        points.setdefault(_coords(m, result.grid), []).append(m["seed"])
+    listed = "; ".join(f"{p} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for p, s in points.items())
+    smaller = min(m["learning_rate"] for m in diverged) / 10
+    every = len(diverged) == len(result)
+    what = "every model diverged" if every else f"{len(diverged)} of {plural(len(result), 'model')} diverged"
+    return (f"gd-jax: {what}: {listed}; the learning rate is probably too large: try --eta {smaller:g} or smaller "
+            f"in a new sweep (sweep.json says how each diverged); the sweep folder {folder} keeps their records")
+
+
+def _best_line(result: SweepResult, plan: dict[str, Any]) -> str:
+    """The best grid point, and on what it was chosen (an honest selection says so)."""
+    s, grid = plan["settings"], result.grid
+    if not any(a is not None for a in result.final("eval_accuracy")):
+        return ""
+    best = result.best("eval_accuracy")
+    seeds = f"over {plural(best['n'], 'seed')}"
+    if not s["validation"]:
+        return (f"best: {_coords(best, grid)}, test accuracy {best['mean']:.4f} ± {best['std']:.4f} {seeds}, chosen "
+                f"on the test set (so this flatters it; pass --validation to choose on held-out data and test once); ")
+    members = [i for i in result.select(**{n: best[n] for n in grid})
+               if result.models[i]["stop_reason"] != "diverged"] or result.select(**{n: best[n] for n in grid})
+    cost = plan["kwargs"]["make_cost"]({n: best[n] for n in grid})
+    tests = [gd.evaluate(result.model_params(i), plan["test"], cost=cost, activation=s["activation"])[1]
+             for i in members]
+    return (f"best on validation: {_coords(best, grid)}, validation accuracy {best['mean']:.4f} {seeds}; tested once: "
+            f"test accuracy {np.mean(tests):.4f} ± {np.std(tests):.4f}; ")
 
 
 def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder) -> int:
     """Trains the sweep and writes its folder (everything is validated by now)."""
-    s, config, k = plan["settings"], plan["config"], plan["models"]
+    s, config = plan["settings"], plan["config"]
+    resume = plan["resume"]
+    if resume is not None and resume.epochs_done >= s["epochs"]:
+        print(f"gd-jax: {folder.path} is already complete: {plural(resume.epochs_done, 'epoch')} of "
+              f"{s['epochs']}; nothing to train (pass a larger --epochs to continue it)", file=sys.stderr)
+        return _finish(args, plan, folder, resume, trained=False)
+    if resume is not None and all(m["stop_reason"] != "epochs" for m in resume.models):
+        print(f"gd-jax: every model of {folder.path} has stopped (diverged or reached --target-cost) by epoch "
+              f"{resume.epochs_done}; nothing to resume: start a new sweep (sweep.json says why each stopped)",
+              file=sys.stderr)
+        return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in resume.models) else 0
 
     def save(result: SweepResult) -> None:
         with runs.interrupts_deferred():  # the checkpoint and the tables of one epoch, together
@@ -341,43 +352,45 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
             atomic_write_bytes(folder.file("sweep.csv"), result.to_csv().encode())
             plan["done"] = result.epochs_done
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=s["epochs"], initial=plan["done"], unit="epoch", disable=args.no_progress, file=sys.stderr,
-               dynamic_ncols=True, desc=f"{k} models")
+    progress = _SweepProgress(s["epochs"], plan["done"], eval_name=config["eval_data"], enabled=not args.no_progress)
 
     def on_epoch_end(end: Any) -> None:
         save(end.result)
-        finals = [a for a in end.result.final("eval_accuracy") if a is not None]
-        diverged = sum(m["stop_reason"] == "diverged" for m in end.result.models)
-        bar.set_postfix(best_acc=f"{max(finals):.4f}" if finals else "-", diverged=diverged)
-        bar.update(end.epoch - bar.n)
+        progress.epoch_end(_epoch_record(end.result, end.epoch))
 
     try:
-        if plan["resume"] is not None:
+        if resume is not None:
             print(f"gd-jax: resuming {folder.path} after epoch {plan['done']} of {s['epochs']}", file=sys.stderr)
         result = sweep(plan["init"], plan["train"], epochs=s["epochs"], eval_data=plan["eval_data"],
-                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=plan["resume"],
+                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=resume,
                        on_epoch_end=on_epoch_end, **plan["kwargs"])
         if not result.epochs_done:
             save(result)
-        with runs.interrupts_deferred():
-            plot_sweep(result, folder.path)
-            if not args.no_tensorboard:
-                write_sweep_events(result, folder.path, config)
     finally:
-        bar.close()
+        progress.close()
+    return _finish(args, plan, folder, result, trained=True)
 
-    diverged = [m for m in result.models if m["stop_reason"] == "diverged"]
-    grid = result.grid
-    for m in diverged:
-        coords = ", ".join(f"{n}={m[n]:g}" for n in grid)
-        print(f"gd-jax: model {m['model']} ({coords}, seed {m['seed']}) diverged: {m['message']}", file=sys.stderr)
-    summary = (f"{k} models, {result.epochs_done} epochs in {sum(result.epoch_seconds):.1f} s (compile "
-               f"{result.compile_seconds:.1f} s); ")
-    if any(a is not None for a in result.final("eval_accuracy")):
-        best = result.best("eval_accuracy")
-        coords = ", ".join(f"{n}={best[n]:g}" for n in grid)
-        summary += f"best: {coords}, eval accuracy {best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds; "
-    print(f"{summary}{len(diverged)} diverged; sweep folder {folder.path}")
-    return EXIT_DIVERGED if len(diverged) == k else 0
+
+def _finish(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder, result: SweepResult, *,
+            trained: bool) -> int:
+    """Writes the figures and TensorBoard files, prints the summary; returns the exit status."""
+    config, k = plan["config"], len(result)
+    with runs.interrupts_deferred():
+        plot_sweep(result, folder.path, title=_title(plan["settings"]))
+        if not args.no_tensorboard:
+            write_sweep_events(result, folder.path, config)
+    diverged = sum(m["stop_reason"] == "diverged" for m in result.models)
+    if diverged:
+        print(_diverged_line(result, folder.path), file=sys.stderr)
+    if diverged == k:
+        return EXIT_DIVERGED
+    done = plural(result.epochs_done, "epoch")
+    timing = (f"{done} in {sum(result.epoch_seconds):.1f} s (compile {result.compile_seconds:.1f} s)" if trained
+              else f"{done}, already complete")
+    print(f"{plural(k, 'model')}, {timing}; {_best_line(result, plan)}{diverged} diverged; sweep folder {folder.path}")
+    return 0
+
+
+def _title(s: dict[str, Any]) -> str:
+    return (f"{','.join(map(str, s['sizes']))} {s['activation']}, {s['cost']} cost, batch {s['batch_size']}, "
+            f"{plural(len(s['seeds']), 'seed')}")
