@@ -74,7 +74,7 @@ def load_sweep(folder: str | os.PathLike) -> SweepResult:
     try:
         with open(os.path.join(path, SWEEP_JSON)) as f:
             doc = json.load(f)
-        result = SweepResult(params=None, opt_state=None, models=doc["models"], records=doc["records"],
+        result = SweepResult(params=[], opt_state=None, models=doc["models"], records=doc["records"],
                              grid=doc["grid"], seeds=doc["seeds"], shuffle=doc["shuffle"],
                              epoch_seconds=doc.get("epoch_seconds", []),
                              compile_seconds=doc.get("compile_seconds", 0.0), memory=doc.get("memory", {}))
@@ -125,7 +125,7 @@ def pick_model(result: SweepResult, model: int | str | Mapping[str, Any]) -> int
             raise ValueError(f"the sweep has {len(result)} models, numbered 0 to {len(result) - 1}, not {model}; "
                              f"the models: {describe_models(result)}")
         return int(model)
-    where = _parse_selection(model) if isinstance(model, str) else dict(model)
+    where = _parse_selection(model) if isinstance(model, str) else dict(model)  # type: ignore[arg-type]
     try:
         found = result.select(**where)
     except ValueError as e:
