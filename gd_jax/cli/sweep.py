@@ -45,7 +45,9 @@ import gd_jax as gd
 from gd_jax._src.checkpoint import load_checkpoint, save_checkpoint
 from gd_jax._src.costs import COSTS
 from gd_jax._src.data.mnist import load_mnist
+from gd_jax._src.distributed import is_writer
 from gd_jax._src.network import ACTIVATIONS, INITS
+from gd_jax._src.parallel import PeerLostError
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax._src.sweep import SweepResult, grid_points, sweep
@@ -54,6 +56,7 @@ from gd_jax._src.tensorboard import write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import runs
 from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
+from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
 from gd_jax.cli.runs import BadInput, bad_input, plural
 
 SWEEP_FILES = ("sweep.json", "sweep.csv", "accuracy.png", "costs.png")
@@ -120,9 +123,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing sweep folder")
     parser.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR from its newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_arguments(parser)
 
 
-def _check_settings(s: dict[str, Any]) -> None:
+def check_settings(s: dict[str, Any]) -> None:
+    """The flag values a sweep is defined by, each checked in the flags' words (``BadInput``, one line)."""
     for rate in s["learning_rate"]:
         if not (math.isfinite(rate) and rate > 0):
             raise BadInput(f"--eta {rate:g} is not a positive finite number; the textbook uses 3.0")
@@ -205,6 +210,12 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
     Returns the exit status; bad input raises ``runs.BadInput`` (one line, status 2, in ``gd-jax``).
     """
     out, plan = _prepare(args, given, command or ["gd-jax", "sweep"])
+    args.run_folder = out  # named in the one line a lost peer ends this process with
+    if not is_writer():  # processes 1.. of a multi-process sweep train their devices' models and write nothing
+        try:
+            return _follow(plan)
+        except PeerLostError as e:
+            exit_peer_lost(e, resume=out, command="sweep")
     if args.resume is not None:
         folder = runs.open_run_folder(out)
         folder.write_json(runs.CONFIG, plan["config"])
@@ -219,6 +230,9 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
     with folder:
         try:
             return _run(args, plan, folder)
+        except PeerLostError as e:
+            exit_peer_lost(e, resume=folder.path, command="sweep")
+            raise  # not reached: exit_peer_lost ends the process
         except KeyboardInterrupt:
             if getattr(args, "debug", False):
                 traceback.print_exc()
@@ -232,9 +246,9 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     """Validates everything a sweep needs, writing nothing; returns its folder and plan."""
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, what="sweep")
-    if args.resume is None:
+    if args.resume is None and is_writer():  # in a multi-process sweep, process 0 alone writes the folder
         runs.check_out(out, overwrite=args.overwrite)
-    _check_settings(settings)
+    check_settings(settings)
     grid = _grid(settings)
     init = functools.partial(gd.init_mlp, sizes=settings["sizes"], init=settings["init"])
     with bad_input():
@@ -254,7 +268,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
               "data_sha256": runs.data_fingerprint(datasets), "segments": [dict(x) for x in saved.get("segments", [])]}
     resume, done = None, 0
     kwargs = dict(grid=grid, seeds=settings["seeds"], make_optimizer=make_optimizer, make_cost=make_cost,
-                  batch_size=settings["batch_size"], shuffle=settings["shuffle"], activation=settings["activation"])
+                  batch_size=settings["batch_size"], shuffle=settings["shuffle"], activation=settings["activation"],
+                  mesh=getattr(args, "mesh", None))
     if checkpoint is not None:
         fresh = sweep(init, train, epochs=0, **kwargs)
         with bad_input():
@@ -274,6 +289,18 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     models = len(grid_points(grid)) * len(settings["seeds"])
     return out, {"settings": settings, "config": config, "init": init, "train": train, "eval_data": eval_data,
                  "kwargs": kwargs, "test": test, "resume": resume, "done": done, "models": models}
+
+
+def _follow(plan: dict[str, Any]) -> int:
+    """Processes 1.. of a multi-process sweep: train in step with process 0, which writes everything."""
+    s = plan["settings"]
+    try:
+        result = sweep(plan["init"], plan["train"], epochs=s["epochs"], eval_data=plan["eval_data"],
+                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=plan["resume"],
+                       **plan["kwargs"])
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # process 0 reports it
+    return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in result.models) else 0
 
 
 class _SweepProgress(runs.EpochProgress):
