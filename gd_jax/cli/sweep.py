@@ -52,7 +52,7 @@ from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax._src.sweep import SweepResult, grid_points, sweep
 from gd_jax._src.sweep_figures import plot_sweep
-from gd_jax._src.tensorboard import write_run_events
+from gd_jax._src.tensorboard import LiveEvents, write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import runs
 from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
@@ -191,16 +191,46 @@ def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[st
     Each model's run holds its per-epoch scalars (its rows of ``result.records``) and its
     hyperparameters: the sweep's settings with the model's own grid values and seed.
     """
-    shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
     written = []
-    for i, model in enumerate(result.models):
-        own = {name: model[name] for name in result.grid}
-        epochs = [{k: v for k, v in r.items() if k not in ("model", "seed", "status", *result.grid)}
-                  for r in result.records if r["model"] == i]
-        folder = os.path.join(out, TENSORBOARD, f"model-{i:03d}")
+    for i in range(len(result.models)):
+        folder = _model_events_folder(out, i)
         os.makedirs(folder, exist_ok=True)
-        written.append(write_run_events(folder, {"epochs": epochs}, {**shared, **own, "seed": model["seed"]}))
+        written.append(write_run_events(folder, {"epochs": _model_epochs(result, i)}, _model_config(result, i, config)))
     return written
+
+
+def _model_events_folder(out: str, i: int) -> str:
+    return os.path.join(out, TENSORBOARD, f"model-{i:03d}")
+
+
+def _model_config(result: Any, i: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's settings with model ``i``'s own grid values and seed (its HParams)."""
+    shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
+    return {**shared, **{name: result.models[i][name] for name in result.grid}, "seed": result.models[i]["seed"]}
+
+
+def _model_epochs(result: Any, i: int, epoch: int | None = None) -> list[dict[str, Any]]:
+    """Model ``i``'s records (of ``epoch`` only, when given) as history records."""
+    return [{k: v for k, v in r.items() if k not in ("model", "seed", "status", *result.grid)}
+            for r in result.records if r["model"] == i and (epoch is None or r["epoch"] == epoch)]
+
+
+class _LiveSweepEvents:
+    """One live TensorBoard stream per model (``LiveEvents``), each epoch's scalars flushed as it ends."""
+
+    def __init__(self, result: SweepResult, out: str, config: dict[str, Any], *, enabled: bool):
+        self.streams = [LiveEvents(_model_events_folder(out, i), _model_config(result, i, config),
+                                   history={"epochs": _model_epochs(result, i)}, enabled=enabled)
+                        for i in range(len(result))] if enabled else []
+
+    def epoch(self, result: SweepResult, epoch: int) -> None:
+        for i, stream in enumerate(self.streams):
+            for record in _model_epochs(result, i, epoch):
+                stream.epoch(record)
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
 
 
 def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | None = None) -> int:
@@ -380,9 +410,12 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
             plan["done"] = result.epochs_done
 
     progress = _SweepProgress(s["epochs"], plan["done"], eval_name=config["eval_data"], enabled=not args.no_progress)
+    start = resume if resume is not None else sweep(plan["init"], plan["train"], epochs=0, **plan["kwargs"])
+    events = _LiveSweepEvents(start, folder.path, config, enabled=not args.no_tensorboard)
 
     def on_epoch_end(end: Any) -> None:
         save(end.result)
+        events.epoch(end.result, end.epoch)  # TensorBoard follows the sweep
         progress.epoch_end(_epoch_record(end.result, end.epoch))
 
     try:
@@ -395,6 +428,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
             save(result)
     finally:
         progress.close()
+        events.close()
     return _finish(args, plan, folder, result, trained=True)
 
 
