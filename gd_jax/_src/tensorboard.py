@@ -235,7 +235,8 @@ class LiveEvents:
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
                  history: History | Mapping[str, Any] | None = None, enabled: bool = True):
-        self.run_dir, self.config, self._file = os.fspath(run_dir), dict(config or {}), None
+        self.run_dir, self.config = os.fspath(run_dir), dict(config or {})
+        self._file: Any = None
         if not enabled:
             return
         require("tensorboard", purpose="TensorBoard event files")
