@@ -293,3 +293,33 @@ def test_a_seed_starts_from_the_parameters_gd_jax_train_starts_from(tmp_path, se
         assert not np.array_equal(np.asarray(mine[0]["w"]),
                                   np.asarray(gd.init_mlp(seed_keys(2)[0], [784, 16, 10])[0]["w"]))
 
+
+
+def test_a_mesh_places_the_models_as_devices_do_and_not_both(data):
+    """``mesh=``: the model axis over the mesh's devices (flattened), the same models as the default."""
+    from jax.sharding import Mesh
+
+    train, test = data
+    kwargs = dict(grid={"learning_rate": [0.5, 3.0]}, seeds=2, make_optimizer=lambda h: gd.sgd(h["learning_rate"]),
+                  cost=gd.quadratic_cost, epochs=1, batch_size=BATCH, eval_data=test)
+    init = functools.partial(gd.init_mlp, sizes=SIZES)
+    mesh = Mesh(np.array(jax.devices()).reshape(-1, 1), ("a", "b"))
+    on_mesh, default = sweep(init, train, mesh=mesh, **kwargs), sweep(init, train, **kwargs)
+    for a, b in zip(jax.tree.leaves(on_mesh.params), jax.tree.leaves(default.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="pass mesh= or devices=, not both"):
+        sweep(init, train, mesh=mesh, devices=jax.devices(), **kwargs)
+
+
+def test_sweep_reads_in_a_minute():
+    """Issue 18: ``sweep`` is about 60 lines with its signature and docstring, its helpers beside it; none over 80."""
+    import ast
+    import inspect
+
+    from gd_jax._src import sweep as module
+
+    assert len(inspect.getsource(sweep).splitlines()) <= 70
+    tree = ast.parse(inspect.getsource(module))
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+            and f.end_lineno - f.lineno + 1 > 80}
+    assert long == {}
