@@ -213,11 +213,12 @@ def _own_event_files(run_dir: str) -> list[str]:
 class LiveEvents:
     """A run's TensorBoard scalars, appended and flushed as each epoch ends.
 
-    Opening writes a new event file holding the epochs ``history`` already has (a resumed run's),
-    then removes the event files gd_jax wrote there before: the stream continues without
-    duplicate or missing steps. ``write_run_events`` at the end of the run replaces it with
-    the complete file (hyperparameters, figures, test results). Writes are synchronous (no
-    thread per file), so a sweep may hold one stream per model.
+    The first epoch opens a new event file holding the epochs ``history`` already has (a
+    resumed run's) and removes the event files gd_jax wrote there before: the stream
+    continues without duplicate or missing steps (and a run that trains no epoch gets no
+    file). ``write_run_events`` at the end of the run replaces it with the complete file
+    (hyperparameters, figures, test results). Writes are synchronous (no thread per file),
+    so a sweep may hold one stream per model.
 
     Args:
       run_dir: the run folder (created if missing).
@@ -235,24 +236,26 @@ class LiveEvents:
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
                  history: History | Mapping[str, Any] | None = None, enabled: bool = True):
-        self.run_dir, self.config = os.fspath(run_dir), dict(config or {})
+        self.run_dir, self.config, self.enabled = os.fspath(run_dir), dict(config or {}), enabled
+        self._history = history or {"epochs": []}
         self._file: Any = None
-        if not enabled:
-            return
-        require("tensorboard", purpose="TensorBoard event files")
+        if enabled:
+            require("tensorboard", purpose="TensorBoard event files")
+
+    def _open(self) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         os.makedirs(self.run_dir, exist_ok=True)
         old = _own_event_files(self.run_dir)
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.live{EVENT_SUFFIX}"
-        self._path = os.path.join(self.run_dir, name)
-        self._file = RecordWriter(open(self._path, "wb"))
+        path = os.path.join(self.run_dir, name)
+        self._file = RecordWriter(open(path, "wb"))
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
-        self._scalars(scalars_of(history or {"epochs": []}, self.config))
-        for path in old:
-            if os.path.abspath(path) != os.path.abspath(self._path):
-                os.remove(path)
+        self._scalars(scalars_of(self._history, self.config))
+        for other in old:
+            if os.path.abspath(other) != os.path.abspath(path):
+                os.remove(other)
 
     def _write(self, event: Any) -> None:
         self._file.write(event.SerializeToString())
@@ -269,7 +272,11 @@ class LiveEvents:
 
     def epoch(self, record: Mapping[str, Any]) -> None:
         """Appends one epoch's record (``History.epochs[-1]``) and flushes it to disk."""
-        if self._file is not None and not self._file.closed:
+        if not self.enabled:
+            return
+        if self._file is None:
+            self._open()
+        if not self._file.closed:
             self._scalars(scalars_of({"epochs": [dict(record)]}, self.config))
 
     def close(self) -> None:
