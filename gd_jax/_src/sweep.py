@@ -707,6 +707,9 @@ def _compile(result: SweepResult, program: _Program, body: Callable[..., Any], s
     start = time.perf_counter()
     compiled = jitted.lower(state, hyper, active, *data[:2], program.orders(result, result.epochs_done),
                             *data[2:]).compile()
+    if jax.process_count() > 1:  # the gathers of each epoch's state and measurements compile here too
+        program.stacked(state)
+        _host(program.by_model({"float": np.zeros(program.k, np.float32), "bool": np.zeros(program.k, bool)}))
     result.compile_seconds = time.perf_counter() - start
     result.memory = _memory(compiled)
     return compiled
