@@ -75,7 +75,7 @@ from gd_jax._src.data.dataset import Dataset
 from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
 from gd_jax._src.network import Params
 from gd_jax._src.optim import GradientTransformation
-from gd_jax._src.parallel import _is_peer_failure, _peer_lost
+from gd_jax._src.parallel import _is_peer_failure, _peer_lost, check_same_across_processes, fingerprint
 from gd_jax._src.seeds import SEED_LIMIT, seed_keys
 from gd_jax._src.train import (
     check_fit_arguments,
@@ -595,6 +595,11 @@ class _Program:
     def place(self, result: SweepResult, train: Dataset, eval_data: Dataset | None) -> tuple[Any, Any, Any]:
         """The state, hyperparameters and data on the mesh, each process feeding its own devices."""
         hyper = {name: np.array([m[name] for m in result.models], np.float32) for name in result.grid}
+        state = TrainState(result.params, result.opt_state)
+        check_same_across_processes(  # each process feeds its own devices: they must hold the same sweep
+            "the sweep's data or starting state", fingerprint(train.x, train.y, *jax.tree.leaves(jax.device_get(
+                state)), *(() if eval_data is None else (eval_data.x, eval_data.y))),
+            "every process must load the same data with the same settings, and resume from the same sweep folder")
         return self.place_state(result), self.by_model(hyper), self.data(train, eval_data)
 
     def by_model(self, tree: Any) -> Any:

@@ -29,9 +29,9 @@ def add_parallel_arguments(parser: Any) -> None:
     """Adds ``--devices`` and the multi-process flags to an ``argparse`` parser."""
     group = parser.add_argument_group("devices and processes (see README, More devices and hosts)")
     group.add_argument("--devices", type=_devices_flag, default=None, metavar="N|all",
-                       help="train data-parallel on N devices of each process (all: every one; on a CPU-only "
-                            "machine N CPU devices are made, all = one per core); the batch size must divide by "
-                            "the total device count")
+                       help="use N devices of each process (all: every one; on a CPU-only machine N CPU devices are "
+                            "made, all = one per core): train runs data-parallel (the batch size must divide by the "
+                            "total device count), sweep spreads its models over them")
     group.add_argument("--coordinator", metavar="HOST:PORT",
                        help="address of process 0 in a multi-process run (with --num-processes, --process-id)")
     group.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
