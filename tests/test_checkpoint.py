@@ -316,8 +316,72 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(tmp_path, sm
     resumed, resumed_history = gd.fit(ckpt.state.params, small_train, epochs=3, opt_state=ckpt.state.opt_state,
                                       history=ckpt.history, **{**common, "key": ckpt.key})
     _assert_trees_identical(resumed, full)
+    assert ckpt.best_params is None  # a run without patience keeps no best params
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in full_history.epochs]
     assert [{k: v for k, v in e.items() if k != "seconds"} for e in resumed_history.epochs] == strip
     # And the final checkpoint holds the final params.
     _assert_trees_identical(load_checkpoint(tmp_path, like=like).state.params, full)
     assert json.loads(json.dumps(ckpt.history.to_dict())) == ckpt.history.to_dict()
+
+
+# A Python run with early stopping, killed by SIGKILL after the epoch given on its command line
+# (issue 18: checkpoint_callback dropped EpochEnd.best_params, so such a run could not resume).
+_PATIENCE_RUN = """
+import json, os, signal, sys
+import jax
+import gd_jax as gd
+sys.path.insert(0, {tests!r})
+from test_checkpoint import _patience_run
+
+folder, kill_after, rules = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+callback = gd.checkpoint_callback(folder, key=jax.random.key(1))
+
+def on_epoch_end(end):
+    callback(end)
+    if end.epoch == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_patience_run(on_epoch_end=on_epoch_end, **rules)
+"""
+
+
+def _patience_run(**kwargs):
+    """Early stopping on a validation split: the best epoch comes a few epochs before the stop.
+
+    With ``patience=3`` the best epoch is 11 of 14; with ``patience=4, eta_halving=2`` it is 17 of
+    21, the learning rate halved after epochs 13 and 19 (the scale lives in the optimizer state).
+    """
+    data, _ = gd.load_mnist("sample")
+    train, validation = gd.Dataset(data.x[:600], data.y[:600]), gd.Dataset(data.x[4800:], data.y[4800:])
+    params = kwargs.pop("params", gd.init_mlp(jax.random.key(0), [784, 12, 10]))
+    optimizer = gd.sgd(8.0, momentum=0.5)
+    run = {"epochs": 30, "batch_size": 20, "optimizer": optimizer, "cost": gd.quadratic_cost, "key": jax.random.key(1),
+           "eval_data": validation}
+    return params, optimizer, gd.fit(params, train, **{**run, **kwargs})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rules", [{"patience": 3}, {"patience": 4, "eta_halving": 2}])
+def test_a_python_run_with_patience_killed_resumes_from_its_checkpoints_bit_for_bit(tmp_path, rules):
+    import signal
+    import subprocess
+    import sys
+
+    params, optimizer, (full, history) = _patience_run(**rules)
+    assert history.stop_reason == "early_stopping" and history.best_epoch < len(history) - 1
+    kill_after = history.best_epoch + 1  # after the best epoch: the checkpoint's params are not the best ones
+    child = subprocess.run([sys.executable, "-c", _PATIENCE_RUN.format(tests=os.path.dirname(__file__)),
+                            str(tmp_path), str(kill_after), json.dumps(rules)], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+
+    runs = optimizer if "eta_halving" not in rules else gd.scale_learning_rate(optimizer)  # what fit runs
+    ckpt = gd.load_checkpoint(tmp_path, like=gd.TrainState(params, runs.init(params)))
+    assert ckpt.epoch == kill_after and ckpt.history.best_epoch == history.best_epoch
+    _, _, (resumed, resumed_history) = _patience_run(
+        params=ckpt.state.params, opt_state=ckpt.state.opt_state, history=ckpt.history, key=ckpt.key,
+        best_params=ckpt.best_params, **rules)
+    _assert_trees_identical(resumed, full)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h.epochs]  # noqa: E731
+    assert strip(resumed_history) == strip(history)
+    assert (resumed_history.best_epoch, resumed_history.stop_reason) == (history.best_epoch, "early_stopping")

@@ -245,9 +245,9 @@ def test_a_hung_coordinator_stops_the_other_in_one_line(tmp_path):
 
 _MISMATCH = """
 import json, sys
-from gd_jax._src import parallel
+from gd_jax._src import distributed, parallel
 process_id, port = int(sys.argv[1]), sys.argv[2]
-parallel.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
+distributed.initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
 import jax
 import gd_jax as gd
 train = gd.load_mnist("sample")[0].take(200)

@@ -245,7 +245,8 @@ def test_fit_takes_the_number_of_classes_from_an_argument_or_the_labels(small_tr
     params = _custom_model(jax.random.key(0), [784, 16, 12])  # 12 outputs for labels 0..9
     run = functools.partial(gd.fit, params, small_train, epochs=1, batch_size=30, optimizer=optax.sgd(0.1),
                             cost=_custom_cost, key=jax.random.key(0))
-    with pytest.raises(TypeError):  # the labels say 10 classes: one-hot rows of 10 against 12 logits
+    # The labels say 10 classes: one-hot rows of 10 against 12 logits, told before compiling (issue 21).
+    with pytest.raises(ValueError, match=r"width 10 fails.*\(1, 12\)"):
         run()
     _, history = run(n_classes=12)
     assert np.isfinite(history["train_cost"][0])

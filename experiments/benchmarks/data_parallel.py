@@ -40,9 +40,9 @@ import numpy as np
 devices, processes, process_id, port, rows, batch_size, epochs, drift_batch = sys.argv[1:9]
 devices, processes, process_id = int(devices), int(processes), int(process_id)
 rows, batch_size, epochs, drift_batch = int(rows), int(batch_size), int(epochs), int(drift_batch)
-from gd_jax._src import parallel
+from gd_jax._src import distributed, parallel
 if processes > 1:
-    parallel.initialize_distributed(f"127.0.0.1:{port}", processes, process_id, local_devices=devices)
+    distributed.initialize_distributed(f"127.0.0.1:{port}", processes, process_id, local_devices=devices)
 else:
     parallel.use_cpu_devices(devices)
 import gd_jax as gd

@@ -157,7 +157,7 @@ def norms_recorder(train: Dataset | None = None, *, cost: Cost | None = None, n_
     def on_epoch_end(end) -> None:
         record = end.history.epochs[-1]
         record["param_norm"] = parameter_norm(end.state.params)
-        if train is not None:
+        if train is not None and cost is not None and n_classes is not None:  # all three, or none (checked above)
             record["grad_norm"] = gradient_norm(end.state.params, train, cost=cost, n_classes=n_classes)
         if then is not None:
             then(end)

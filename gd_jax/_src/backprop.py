@@ -58,7 +58,7 @@ def backprop(params, x, y, *, cost: str = "quadratic") -> list[dict[str, np.ndar
     else:
         raise ValueError(f"backprop knows the 'quadratic' and 'cross-entropy' costs, not {cost!r}")
     n = a.shape[0]
-    grads = [None] * len(ws)
+    grads: list[dict[str, np.ndarray]] = [{} for _ in ws]
     for l in range(len(ws) - 1, -1, -1):  # noqa: E741 - l is the textbook's layer index
         grads[l] = {"w": activations[l].T @ delta / n, "b": delta.sum(axis=0) / n}  # BP4, BP3
         if l > 0:

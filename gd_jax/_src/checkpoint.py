@@ -5,7 +5,11 @@ A checkpoint is one ``.npz`` file, ``epoch-000005.npz`` for the state after epoc
 
 - every array of the ``TrainState``: the parameters and the optimizer state (gd_jax's own
   ``sgd`` state, laid out as optax's, or any optax state), named by their place in the tree, e.g.
-  ``state/params/0/w`` or ``state/opt_state/0/trace/1/b``, readable by numpy alone;
+  ``state/params/0/w`` or ``state/opt_state/0/trace/1/b``, readable by numpy alone (a PRNG key
+  leaf as its raw key data); a model's static leaves (an Equinox module's activation
+  functions) are not stored: ``load_checkpoint`` takes them from ``like``;
+- with ``patience``, the parameters of the best epoch so far (``best_params/...``), which
+  ``fit`` returns at the end and needs to resume;
 - the PRNG key that every shuffle derives from (its raw data and its implementation);
 - a JSON manifest: the epoch, the history, the run's config, the network's layer sizes and,
   for every array, its shape, dtype and SHA-256.
@@ -34,7 +38,11 @@ Example::
     ckpt = gd.load_checkpoint("ckpts", like=gd.TrainState(params, opt.init(params)))
     params, history = gd.fit(ckpt.state.params, train, epochs=30, batch_size=10, optimizer=opt,
                              cost=gd.quadratic_cost, key=ckpt.key, opt_state=ckpt.state.opt_state,
-                             history=ckpt.history)
+                             history=ckpt.history, best_params=ckpt.best_params)
+
+For a model that is not all float arrays (an Equinox module), the optimizer state is that of
+its parameters: ``like=gd.TrainState(model, opt.init(gd.partition_params(model)[0]))``; with
+``eta_halving`` the optimizer ``fit`` runs is ``gd.scale_learning_rate(opt)``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gd_jax._src.epoch import TrainState
+from gd_jax._src.model import is_array
 from gd_jax._src.network import layer_sizes
 from gd_jax._src.serialization import atomic_write_bytes, describe_load_error
 from gd_jax._src.train import EpochEnd, History
@@ -91,6 +100,8 @@ class Checkpoint(NamedTuple):
       history: the ``History`` of the epochs done.
       config: the JSON config saved with it (``{}`` if none).
       path: the file it was read from.
+      best_params: with ``patience``, the parameters of ``history.best_epoch`` (pass them to
+        ``fit(..., best_params=)``); None when the run saved none.
     """
 
     epoch: int
@@ -99,6 +110,7 @@ class Checkpoint(NamedTuple):
     history: History
     config: dict[str, Any]
     path: str
+    best_params: Any = None
 
 
 def checkpoint_path(directory: str | os.PathLike, epoch: int) -> str:
@@ -139,9 +151,29 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     return found[-1][1] if found else None
 
 
+def _stored(leaf: Any) -> bool:
+    """An array leaf, stored in the file (static leaves are not: ``like`` supplies them)."""
+    return is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+
+
 def _leaves_with_names(tree: Any) -> list[tuple[str, Any]]:
+    """``(name, leaf)`` of every array leaf of ``tree``, named by its path, e.g. ``state/params/0/w``."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat]
+    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat if _stored(leaf)]
+
+
+def _is_key(leaf: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+
+
+def _dtype_name(leaf: Any) -> str:
+    """The dtype as the manifest names it: ``float32``, ``bfloat16``, ``key<fry>``."""
+    return str(leaf.dtype) if _is_key(leaf) else jnp.dtype(leaf.dtype).name
+
+
+def _to_numpy(leaf: Any) -> np.ndarray:
+    """The leaf's bytes as numpy holds them (a PRNG key array as its key data)."""
+    return np.asarray(jax.random.key_data(leaf)) if _is_key(leaf) else np.asarray(leaf)
 
 
 def _digest(array: np.ndarray, dtype: str) -> str:
@@ -187,19 +219,23 @@ def save_checkpoint(
     history: History | None = None,
     config: dict[str, Any] | None = None,
     keep: int | None = 2,
+    best_params: Any = None,
 ) -> str:
     """Writes the checkpoint after ``epoch`` epochs to ``directory``, atomically.
 
     Args:
       directory: the checkpoint folder (created if needed).
       epoch: epochs done, >= 0 (0 for the initial state).
-      state: the ``TrainState`` (params and optimizer state; any pytree of arrays works).
+      state: the ``TrainState`` (params and optimizer state; any model: its arrays are
+        stored, its static leaves are restored from ``load_checkpoint``'s ``like``).
       key: the run's PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``).
       history: the history of the epochs done (default: empty).
       config: any JSON-serialisable description of the run, returned by ``load_checkpoint``.
       keep: how many of the most recent checkpoints to keep (this one included); None keeps
         all. Checkpoints of later epochs than ``epoch`` (from a timeline this run replaces)
         are removed too.
+      best_params: with ``patience``, the parameters of the best epoch so far
+        (``EpochEnd.best_params``), returned as ``Checkpoint.best_params``.
 
     Returns:
       The path written.
@@ -213,24 +249,47 @@ def save_checkpoint(
     if keep is not None and (not isinstance(keep, (int, np.integer)) or isinstance(keep, bool) or keep < 1):
         raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}; 2 keeps one to fall back on")
     history = History() if history is None else history
-    arrays: dict[str, np.ndarray] = {}
-    for name, leaf in _leaves_with_names({"state": state}):
-        if name in arrays:
-            raise ValueError(f"two arrays of the state are both named {name!r}; use unique dict keys")
-        arrays[name] = np.asarray(leaf)
-    typed = jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key)
-    arrays[KEY] = np.asarray(jax.random.key_data(key) if typed else key)
+    arrays, infos = _arrays_of(state, best_params, key)
+    typed = _is_key(key)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "epoch": int(epoch),
         "sizes": _sizes(state.params) if isinstance(state, TrainState) else None,
         "key": {"typed": bool(typed), "impl": str(jax.random.key_impl(key)) if typed else None},
-        "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.name, "sha256": _digest(_storable(a), a.dtype.name)}
-                   for name, a in arrays.items()},
+        "best_params": best_params is not None,
+        "arrays": infos,
         "history": history.to_dict(),
         "config": config or {},
     }
+    directory = os.fspath(directory)
+    path = checkpoint_path(directory, int(epoch))
+    _write(directory, path, _zipped(manifest, arrays))
+    _prune(directory, int(epoch), keep)
+    return path
+
+
+def _arrays_of(state: TrainState, best_params: Any, key: jax.Array) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays to store by name, and their manifest entries (shape, dtype, SHA-256, key implementation)."""
+    arrays: dict[str, np.ndarray] = {}
+    infos: dict[str, Any] = {}
+    tree = {"state": state} if best_params is None else {"state": state, "best_params": best_params}
+    for name, leaf in [*_leaves_with_names(tree), (KEY, key)]:
+        if name in arrays:
+            raise ValueError(f"two arrays of the state are both named {name!r}; use unique dict keys")
+        arrays[name] = _to_numpy(leaf)
+        if name == KEY:
+            dtype, shape = arrays[name].dtype.name, arrays[name].shape  # the key's raw data
+        else:
+            dtype, shape = _dtype_name(leaf), np.shape(leaf)
+        infos[name] = {"shape": list(shape), "dtype": dtype, "sha256": _digest(_storable(arrays[name]), dtype)}
+        if _is_key(leaf) and name != KEY:
+            infos[name]["key_impl"] = str(jax.random.key_impl(leaf))
+    return arrays, infos
+
+
+def _zipped(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """The checkpoint file's bytes: the manifest and one ``.npy`` member per array, uncompressed."""
     try:
         manifest_bytes = json.dumps(manifest, indent=1).encode()
     except (TypeError, ValueError) as e:
@@ -243,20 +302,20 @@ def save_checkpoint(
             member = io.BytesIO()
             np.save(member, _storable(a), allow_pickle=False)
             zf.writestr(name + ".npy", member.getvalue())
+    return buffer.getvalue()
 
-    directory = os.fspath(directory)
-    path = checkpoint_path(directory, int(epoch))
+
+def _write(directory: str, path: str, data: bytes) -> None:
+    """Publishes ``data`` as ``path`` atomically, then makes the rename durable."""
     try:
         os.makedirs(directory, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, data)
     except OSError as e:
         kind = (PermissionError if isinstance(e, PermissionError) else
                 NotADirectoryError if isinstance(e, (FileExistsError, NotADirectoryError)) else OSError)
         raise kind(f"cannot write checkpoint {path!r} ({e.strerror or e}); choose a writable folder "
                    "(checkpoints already there are untouched)") from None
     _fsync_directory(directory)
-    _prune(directory, int(epoch), keep)
-    return path
 
 
 def _prune(directory: str, epoch: int, keep: int | None) -> None:
@@ -365,31 +424,49 @@ def load_checkpoint(path: str | os.PathLike, *, like: TrainState) -> Checkpoint:
     path = _find(path)
     like = TrainState(*like)
     zf, manifest = _open(path)
+    tree = {"state": like, "best_params": like.params} if manifest.get("best_params") else {"state": like}
     with zf:
-        expected = dict(_leaves_with_names({"state": like}))
+        expected = dict(_leaves_with_names(tree))
         saved = {name: info for name, info in manifest["arrays"].items() if name != KEY}
         _check_compatible(path, manifest, saved, expected, like)
-        leaves = []
-        try:
-            for name in list(expected) + [KEY]:
-                array = np.load(io.BytesIO(zf.read(name + ".npy")), allow_pickle=False)
-                info = manifest["arrays"][name]
-                if _digest(array, info["dtype"]) != info["sha256"]:
-                    raise CheckpointError(f"checkpoint {path!r} is damaged: array {name!r} does not match its "
-                                          f"SHA-256; {_fix_hint(path)}")
-                leaves.append(array if array.dtype.name == info["dtype"] else array.view(jnp.dtype(info["dtype"])))
-        except CheckpointError:
-            raise
-        except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError) as e:
-            raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({describe_load_error(e)}); "
-                                  f"{_fix_hint(path)}") from None
-    key_data = jnp.asarray(leaves.pop())
+        arrays = _read_arrays(zf, path, manifest, [*expected, KEY])
+    key_data = arrays.pop(KEY)
     key_info = manifest["key"]
     key = jax.random.wrap_key_data(key_data, impl=key_info["impl"]) if key_info["typed"] else key_data
-    treedef = jax.tree.structure({"state": like})
-    restored = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])["state"]
-    return Checkpoint(int(manifest["epoch"]), TrainState(*restored), key, History.from_dict(manifest["history"]),
-                      manifest.get("config") or {}, path)
+    restored = _restore(tree, arrays)
+    return Checkpoint(int(manifest["epoch"]), TrainState(*restored["state"]), key,
+                      History.from_dict(manifest["history"]), manifest.get("config") or {}, path,
+                      restored.get("best_params"))
+
+
+def _read_arrays(zf: zipfile.ZipFile, path: str, manifest: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The named arrays of the file as JAX arrays, each verified against its SHA-256."""
+    arrays = {}
+    try:
+        for name in names:
+            array = np.load(io.BytesIO(zf.read(name + ".npy")), allow_pickle=False)
+            info = manifest["arrays"][name]
+            if _digest(array, info["dtype"]) != info["sha256"]:
+                raise CheckpointError(f"checkpoint {path!r} is damaged: array {name!r} does not match its "
+                                      f"SHA-256; {_fix_hint(path)}")
+            if "key_impl" in info:  # a PRNG key leaf, stored as its key data
+                arrays[name] = jax.random.wrap_key_data(jnp.asarray(array), impl=info["key_impl"])
+                continue
+            arrays[name] = jnp.asarray(array if array.dtype.name == info["dtype"]
+                                       else array.view(jnp.dtype(info["dtype"])))
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path!r} is damaged or truncated ({describe_load_error(e)}); "
+                              f"{_fix_hint(path)}") from None
+    return arrays
+
+
+def _restore(tree: dict[str, Any], arrays: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with its array leaves replaced by the loaded ``arrays`` (its static leaves kept)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    names = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat]
+    return jax.tree.unflatten(treedef, [arrays[n] if _stored(leaf) else leaf for n, (_, leaf) in zip(names, flat)])
 
 
 def _check_compatible(path: str, manifest: dict[str, Any], saved: dict[str, Any], expected: dict[str, Any],
@@ -407,7 +484,7 @@ def _check_compatible(path: str, manifest: dict[str, Any], saved: dict[str, Any]
                          f"{extra[:3] or 'none'} where {missing[:3] or 'none'} are expected; resume with the "
                          "network and optimizer (momentum, optax transformation) that wrote it")
     for name, leaf in expected.items():
-        shape, dtype = list(np.shape(leaf)), jnp.dtype(leaf.dtype).name
+        shape, dtype = list(np.shape(leaf)), _dtype_name(leaf)
         info = saved[name]
         if info["shape"] != shape or info["dtype"] != dtype:
             raise ValueError(f"checkpoint {path!r}: array {name!r} is {info['dtype']} {tuple(info['shape'])}, "
@@ -419,12 +496,27 @@ def checkpoint_callback(directory: str | os.PathLike, *, key: jax.Array, config:
                         keep: int | None = 2) -> Callable[[EpochEnd], None]:
     """An ``on_epoch_end`` for ``fit`` that saves a checkpoint after every epoch.
 
+    Each checkpoint holds all that ``fit`` needs to resume the run: the state, the history,
+    the key and, with ``patience``, the best epoch's parameters (``Checkpoint.best_params``).
     ``key`` must be the key passed to ``fit``, so that a resumed run shuffles as the
     uninterrupted one does.
+
+    Example:
+      >>> import jax, gd_jax as gd
+      >>> data, _ = gd.load_mnist("sample")
+      >>> train, validation = gd.Dataset(data.x[:4000], data.y[:4000]), gd.Dataset(data.x[4000:], data.y[4000:])
+      >>> params, key, opt = gd.init_mlp(jax.random.key(0), [784, 10, 10]), jax.random.key(1), gd.sgd(3.0)
+      >>> run = dict(epochs=2, batch_size=50, optimizer=opt, cost=gd.quadratic_cost, key=key,
+      ...            eval_data=validation, patience=5)
+      >>> import tempfile; folder = tempfile.mkdtemp()
+      >>> _ = gd.fit(params, train, on_epoch_end=gd.checkpoint_callback(folder, key=key), **run)
+      >>> ckpt = gd.load_checkpoint(folder, like=gd.TrainState(params, opt.init(params)))
+      >>> ckpt.epoch, ckpt.best_params is not None
+      (2, True)
     """
 
     def on_epoch_end(end: EpochEnd) -> None:
         save_checkpoint(directory, epoch=end.epoch, state=end.state, key=key, history=end.history,
-                        config=config, keep=keep)
+                        config=config, keep=keep, best_params=end.best_params)
 
     return on_epoch_end

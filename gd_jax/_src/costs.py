@@ -13,6 +13,7 @@ hidden neurons' non-linearity (and the output's, for the quadratic cost); bind i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,7 @@ def log_likelihood_cost(params: Params, x: jax.Array, y: jax.Array, *, activatio
 
 def l2_penalty(params: Params) -> jax.Array:
     """Half the sum of squared weights (biases excluded), ``1/2 sum_w w^2``."""
-    return 0.5 * sum(jnp.sum(layer["w"] ** 2) for layer in params)
+    return cast(jax.Array, 0.5 * sum(jnp.sum(layer["w"] ** 2) for layer in params))
 
 
 def with_l2(cost: Cost, lmbda: float, n: int) -> Cost:

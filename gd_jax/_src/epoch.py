@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gd_jax._src.costs import Cost
+from gd_jax._src.model import combine_params, pack, partition_params, unpack
 from gd_jax._src.optim import GradientTransformation, apply_updates
 
-__all__ = ["TrainState", "make_epoch", "shuffled_order"]
+__all__ = ["TrainState", "bind_static", "make_epoch", "shuffled_order"]
 
 PyTree = Any
 
@@ -62,6 +63,16 @@ def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int
                ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """Builds one epoch of mini-batch gradient descent as a pure, jittable function.
 
+    Any model works (see ``gd.partition_params``): the step differentiates its inexact
+    arrays ``theta`` and carries the rest ``s`` unchanged,
+
+    .. math:: \\theta \\leftarrow \\theta + \\mathrm{update}\\big(\\nabla_\\theta
+              C(\\mathrm{combine}(\\theta, s), x_B, y_B)\\big),
+
+    so ``state.opt_state`` is ``optimizer.init(gd.partition_params(model)[0])``. For a model
+    whose leaves are all float arrays (gd_jax's MLP) that is ``optimizer.init(params)`` and
+    the compiled step is exactly the plain one.
+
     Args:
       cost: ``cost(params, x, y_onehot)``, averaging over the batch.
       optimizer: gd_jax's ``sgd`` or any optax ``GradientTransformation``.
@@ -73,8 +84,29 @@ def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int
       ``(n,)`` integer labels, ``order`` an ``(n,)`` integer permutation of the rows (e.g.
       ``shuffled_order(key, n)``), and ``finite`` is True when every mini-batch cost of the
       epoch was finite. Being pure, it can be ``jax.vmap``-ed over states and orders to
-      train many models at once.
+      train many models at once. A model with non-array leaves (an Equinox module) crosses
+      ``jax.jit`` through ``eqx.filter_jit``, or as ``(params, static)`` recombined inside.
     """
+
+    def epoch(state: TrainState, x: jax.Array, y: jax.Array, order: jax.Array) -> tuple[TrainState, jax.Array]:
+        params, static = partition_params(state.params)  # at trace time; (params, None) for a plain model
+        run = _plain_epoch(bind_static(cost, static), optimizer, batch_size=batch_size, n_classes=n_classes)
+        new, finite = run(TrainState(params, state.opt_state), x, y, order)
+        return TrainState(combine_params(new.params, static), new.opt_state), finite
+
+    return epoch
+
+
+def bind_static(cost: Cost, static: PyTree | None) -> Cost:
+    """``cost`` as a function of a model's parameters alone (``cost`` itself when the model is all parameters)."""
+    if static is None:
+        return cost
+    return lambda params, x, y: cost(combine_params(params, static), x, y)
+
+
+def _plain_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int, n_classes: int,
+                 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """``make_epoch`` for a model whose every leaf is a parameter (``state.params`` all float arrays)."""
 
     def step(state: TrainState, xb: jax.Array, yb: jax.Array) -> tuple[TrainState, jax.Array]:
         c, grads = jax.value_and_grad(cost)(state.params, xb, yb)
@@ -98,7 +130,10 @@ def make_epoch(cost: Cost, optimizer: GradientTransformation, *, batch_size: int
 
 
 def epoch_impl(state, x, y, order, *, cost, optimizer, batch_size, n_classes):
-    return make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes)(state, x, y, order)
+    """The epoch that ``fit`` compiles; a model with static leaves comes and goes ``pack``-ed."""
+    state = TrainState(unpack(state.params), state.opt_state)
+    new, finite = make_epoch(cost, optimizer, batch_size=batch_size, n_classes=n_classes)(state, x, y, order)
+    return TrainState(pack(new.params), new.opt_state), finite
 
 
 # JAX caches compiled code of the epoch by its static arguments: equal settings compile once.
@@ -115,7 +150,7 @@ def _hashable(*values: Any) -> bool:
     return all(isinstance(v, Hashable) for v in values)
 
 
-def compile_cached(cached: Callable, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
+def compile_cached(cached: Any, fn: Callable, args: tuple, static: dict[str, Any]) -> Callable:
     """``fn`` compiled for ``args``: through JAX's cache when the static settings can be hashed."""
     if _hashable(*static.values()):
         return cached.lower(*args, **static).compile()

@@ -212,10 +212,16 @@ def predict_images(
       mode: see ``preprocess_digit``.
       predict_fn: ``predict_fn(params, x) -> scores`` for a model other than gd_jax's MLP.
 
-    Example::
+    Examples:
+      For a run folder: ``net = gd.load_trained_network("runs/textbook")``, then
+      ``gd.predict_images(net.params, ["seven.png"], activation=net.activation).digits``. With arrays
+      (28x28 images are taken to be in MNIST's form already):
 
-      net = gd.load_trained_network("runs/textbook")
-      gd.predict_images(net.params, ["seven.png"], activation=net.activation).digits  # array([7])
+      >>> _, test = gd.load_mnist("sample")
+      >>> params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+      >>> result = gd.predict_images(params, list(test.x[:3].reshape(3, 28, 28)))
+      >>> result.digits.shape, result.activations.shape, result.inputs.shape
+      ((3,), (3, 10), (3, 784))
     """
     if isinstance(images, (str, os.PathLike, np.ndarray)):
         images = [images]

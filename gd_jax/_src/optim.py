@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ PyTree = Any
 Schedule = Callable[[jax.Array], Any]
 
 #: optax's protocol type, which every optimizer here (and every optax one) is an instance of.
-GradientTransformation = optax.GradientTransformation
+GradientTransformation: TypeAlias = optax.GradientTransformation
 
 
 class ScaleState(NamedTuple):
@@ -108,7 +108,13 @@ class _Rule:
     """
 
     def _key(self) -> tuple:
-        return type(self), *(_value_key(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return type(self), *(_value_key(getattr(self, f.name)) for f in dataclasses.fields(self))  # type: ignore[arg-type]
+
+    def init(self, params: PyTree) -> PyTree:
+        raise NotImplementedError
+
+    def update(self, updates: PyTree, state: PyTree, params: PyTree = None, **extra_args: Any) -> tuple[PyTree, PyTree]:
+        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -392,10 +398,14 @@ def chain(*transformations: GradientTransformation) -> optax.GradientTransformat
       A transformation whose state is the tuple of the transformations' states. Extra keyword
       arguments to its ``update`` reach those that accept them (``GradientTransformationExtraArgs``).
 
-    Example::
+    Examples:
+      The textbook's L2 rule, ``w -> (1 - eta lambda / n) w - eta dC/dw``, with lambda 5, n 50,000, eta 0.5:
 
-      # the textbook's L2 rule: w -> (1 - eta lambda / n) w - eta dC/dw
-      opt = gd.chain(gd.add_decayed_weights(lmbda / n), gd.sgd(eta))
+      >>> params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+      >>> opt = gd.chain(gd.add_decayed_weights(5.0 / 50_000), gd.sgd(0.5))
+      >>> state = opt.init(params)
+      >>> len(state)   # one state per transformation
+      2
     """
     for i, transformation in enumerate(transformations):
         _check_transformation(f"chain's argument {i}", transformation)
@@ -438,12 +448,18 @@ def sgd(
       ValueError: a hyperparameter that no update could use (a string, an array of more than
         one value, an unknown dtype).
 
-    Example::
-
-      opt = gd.sgd(optax.exponential_decay(3.0, 500, 0.5), momentum=0.9)
-      state = opt.init(params)
-      updates, state = opt.update(grads, state, params)
-      params = gd.apply_updates(params, updates)
+    Examples:
+      >>> import optax
+      >>> train, _ = gd.load_mnist("sample")
+      >>> params = gd.init_mlp(jax.random.key(0), [784, 30, 10])
+      >>> y = jax.nn.one_hot(train.y[:10], 10)
+      >>> grads = jax.grad(gd.quadratic_cost)(params, train.x[:10], y)
+      >>> opt = gd.sgd(optax.exponential_decay(3.0, 500, 0.5), momentum=0.9)
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update(grads, state, params)
+      >>> new = gd.apply_updates(params, updates)
+      >>> bool(gd.quadratic_cost(new, train.x[:10], y) < gd.quadratic_cost(params, train.x[:10], y))
+      True
     """
     _check_scalar("learning_rate", learning_rate, "3.0 or optax.exponential_decay(3.0, 1000, 0.5)", schedule=True)
     if momentum is not None:
@@ -473,9 +489,15 @@ def add_decayed_weights(weight_decay: float | jax.Array, mask: Any = None) -> op
       An ``optax.GradientTransformationExtraArgs`` whose state, ``MaskedState(EmptyState())``,
       is ``optax.add_decayed_weights(weight_decay, mask)``'s. Its ``update`` needs ``params``.
 
-    Example::
+    Examples:
+      Weight decay touches the weights ``"w"``, never the biases:
 
-      opt = gd.chain(gd.add_decayed_weights(5.0 / 50_000), gd.sgd(0.5))
+      >>> params = [{"w": jnp.ones((2, 2)), "b": jnp.ones(2)}]
+      >>> zero = jax.tree.map(jnp.zeros_like, params)
+      >>> opt = gd.add_decayed_weights(0.1)
+      >>> updates, _ = opt.update(zero, opt.init(params), params)
+      >>> updates[0]["w"].tolist(), updates[0]["b"].tolist()
+      ([[0.1..., 0.1...], [0.1..., 0.1...]], [0.0, 0.0])
     """
     _check_scalar("weight_decay", weight_decay, "5.0 / 50_000 (lmbda / n)")
     return _AddDecayedWeights(weight_decay, mask).transformation()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ def data_mesh(devices: int | str | Sequence[jax.Device] | None = None) -> Mesh:
     elif isinstance(devices, str):
         raise ValueError(f"devices must be a number or 'all', got {devices!r}")
     else:
-        chosen = list(devices)
+        chosen = list(cast(Sequence[jax.Device], devices))
     return jax.make_mesh((len(chosen),), (DATA_AXIS,), devices=chosen)
 
 
@@ -275,9 +275,9 @@ def data_parallel_epoch(mesh: Mesh, x: Any, y: Any, state: TrainState, order: np
     batch_sharding = NamedSharding(mesh, P(None, DATA_AXIS))
     replicated = NamedSharding(mesh, P())
     # The columns of every global batch whose rows this process's devices hold.
-    spans = batch_sharding.addressable_devices_indices_map((steps, batch_size))
-    lo = min(s[1].start or 0 for s in spans.values())
-    hi = max(batch_size if s[1].stop is None else s[1].stop for s in spans.values())
+    spans = [s for s in batch_sharding.addressable_devices_indices_map((steps, batch_size)).values() if s]
+    lo = min(s[1].start or 0 for s in spans)
+    hi = max(batch_size if s[1].stop is None else s[1].stop for s in spans)
 
     def feed(order: np.ndarray):
         rows = np.asarray(order)[: steps * batch_size].reshape(steps, batch_size)[:, lo:hi]

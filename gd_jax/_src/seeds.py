@@ -34,7 +34,7 @@ def seed_key(seed: int) -> jax.Array:
     if not is_seed(seed):
         raise ValueError(f"a seed must be an integer from 0 to 2**64 - 1 ({SEED_LIMIT - 1}), got {seed!r}; e.g. 2")
     words = np.array([int(seed) >> 32, int(seed) & 0xFFFFFFFF], dtype=np.uint32)
-    return jax.random.wrap_key_data(words, impl="threefry2x32")
+    return jax.random.wrap_key_data(jax.numpy.asarray(words), impl="threefry2x32")
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -105,11 +105,10 @@ _METRICS = ("train_cost", "train_accuracy", "eval_cost", "eval_accuracy")
 def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
     """The cartesian product of ``grid``'s value lists, the last name varying fastest.
 
-    Example::
-
-      grid_points({"learning_rate": [0.1, 1.0], "lmbda": [0.0, 5.0]})
-      # [{'learning_rate': 0.1, 'lmbda': 0.0}, {'learning_rate': 0.1, 'lmbda': 5.0},
-      #  {'learning_rate': 1.0, 'lmbda': 0.0}, {'learning_rate': 1.0, 'lmbda': 5.0}]
+    Examples:
+      >>> gd.grid_points({"learning_rate": [0.1, 1.0], "lmbda": [0.0, 5.0]})
+      [{'learning_rate': 0.1, 'lmbda': 0.0}, {'learning_rate': 0.1, 'lmbda': 5.0},
+       {'learning_rate': 1.0, 'lmbda': 0.0}, {'learning_rate': 1.0, 'lmbda': 5.0}]
     """
     _check_grid(grid)
     names = list(grid)

@@ -156,10 +156,8 @@ def read_genuine_mnist(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, n
         the message names the file.
       ValueError: a file is damaged (a broken compressed stream, an unreadable ``.npz``).
 
-    Example::
-
-      arrays = read_genuine_mnist("~/.keras/datasets/mnist.npz")
-      train_images, train_labels = arrays["train"]
+    For example, ``read_genuine_mnist("~/.keras/datasets/mnist.npz")["train"]`` is the pair
+    ``(train_images, train_labels)``.
     """
     files = find_mnist_files(path)
     content: dict[str, np.ndarray] = {}

@@ -125,10 +125,16 @@ def load_mnist(
     Returns:
       ``(train, test)``, or ``(train, validation, test)`` when ``validation`` is set.
 
-    Example::
+    Examples:
+      Full MNIST with the textbook's split is ``gd.load_mnist("mnist", validation=True, idx_dir="~/mnist")``;
+      the embedded sample:
 
-      train, test = gd.load_mnist("sample")
-      train, val, test = gd.load_mnist("mnist", validation=True, idx_dir="~/mnist")
+      >>> train, test = gd.load_mnist("sample")
+      >>> train.x.shape, train.x.dtype, test.y.shape
+      ((5000, 784), dtype('float32'), (10000,))
+      >>> train, validation, test = gd.load_mnist("sample", validation=True)
+      >>> train.size, validation.size
+      (4167, 833)
     """
     if source not in SOURCES:
         raise ValueError(f"unknown dataset source {source!r}; choose one of {', '.join(SOURCES)}")

@@ -111,7 +111,7 @@ class GdJaxMnist(tfds_stock_mnist.MNIST):
         paths = dl_manager.download(urls)
         return {split: self._generate_examples(paths[(split, "images")], paths[(split, "labels")]) for split in SPLITS}
 
-    def _generate_examples(self, images_path: os.PathLike, labels_path: os.PathLike) -> Iterator:  # type: ignore[override]
+    def _generate_examples(self, images_path: os.PathLike, labels_path: os.PathLike) -> Iterator:
         images = read_idx(images_path, ndim=3)
         labels = read_idx(labels_path, ndim=1)
         return self._examples(images, labels, f"{os.fspath(images_path)!r} and {os.fspath(labels_path)!r}")
@@ -296,7 +296,7 @@ def _save_cache(path: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, digest=np.array(_digest(arrays)), **flat)
+            np.savez(f, digest=np.array(_digest(arrays)), **flat)  # type: ignore[arg-type]  # numpy stubs: **kwds
             f.flush()
             os.fsync(f.fileno())
         # Readers see the old cache or the whole new one, never a half-written file.
