@@ -59,11 +59,15 @@ def load_sweep(folder: str | os.PathLike) -> SweepResult:
       FileNotFoundError: no such folder.
       ValueError: not a sweep folder (e.g. a ``gd-jax train`` run folder), or a damaged one.
 
-    Example::
+    Examples:
+      For the folder ``gd-jax sweep --eta 0.5,3 --seeds 2 --out runs/eta`` wrote:
+      ``result = gd.load_sweep("runs/eta")``, then ``best = result.best("eval_accuracy")`` and
+      ``result.model_params(result.select(learning_rate=best["learning_rate"], seed=0)[0])``.
 
-      result = gd.load_sweep("runs/eta")
-      best = result.best("eval_accuracy")
-      params = result.model_params(result.select(learning_rate=best["learning_rate"])[0])
+      >>> gd.load_sweep("no/such/sweep")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: sweep folder not found: 'no/such/sweep'; pass the folder `gd-jax sweep` wrote
     """
     path = os.fspath(folder)
     if not os.path.isdir(path):

@@ -226,12 +226,8 @@ class LiveEvents:
       history: the epochs done so far (``History``, its dict, or None for none).
       enabled: False writes nothing (``--no-tensorboard``).
 
-    Example::
-
-      events = LiveEvents("runs/a", config)
-      for record in ...:            # each epoch's history record
-          events.epoch(record)      # tensorboard --logdir runs shows it now
-      events.close()
+    Used as ``events = LiveEvents("runs/a", config)``, then ``events.epoch(record)`` for each
+    epoch's history record (``tensorboard --logdir runs`` shows it at once) and ``events.close()``.
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
