@@ -323,3 +323,32 @@ def test_sweep_reads_in_a_minute():
     long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
             and f.end_lineno - f.lineno + 1 > 80}
     assert long == {}
+
+
+def test_a_framework_model_sweeps_as_fit_trains_it(data):
+    """An Equinox MLP (its activations static leaves): each model of the sweep is fit's model."""
+    eqx = pytest.importorskip("equinox")
+    train, test = data
+
+    def init(key):
+        return eqx.nn.MLP(784, 10, 12, depth=1, activation=jax.nn.sigmoid, final_activation=jax.nn.sigmoid, key=key)
+
+    def cost(model, x, y):
+        return jnp.mean(0.5 * jnp.sum((y - jax.vmap(model)(x)) ** 2, axis=-1))
+
+    def predict_fn(model, x):
+        return jax.vmap(model)(x)
+
+    result = sweep(init, train, grid={"learning_rate": [0.5, 3.0]}, seeds=[0, 1],
+                   make_optimizer=lambda h: gd.sgd(h["learning_rate"]), cost=cost, predict_fn=predict_fn, epochs=2,
+                   batch_size=BATCH, eval_data=test)
+    i = result.select(learning_rate=3.0, seed=1)[0]
+    init_key, shuffle_key = seed_keys(1)
+    solo, history = gd.fit(init(init_key), train, eval_data=test, epochs=2, batch_size=BATCH, optimizer=gd.sgd(3.0),
+                           cost=cost, key=shuffle_key, predict_fn=predict_fn)
+    model = result.model_params(i)
+    assert isinstance(model, eqx.nn.MLP) and model.activation is jax.nn.sigmoid
+    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(eqx.filter(solo, eqx.is_array))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    records = [r for r in result.records if r["model"] == i]
+    np.testing.assert_allclose([r["eval_accuracy"] for r in records], history["eval_accuracy"], atol=1e-6)

@@ -73,6 +73,7 @@ from jax.sharding import PartitionSpec as P
 from gd_jax._src.costs import Cost
 from gd_jax._src.data.dataset import Dataset
 from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
+from gd_jax._src.model import combine_params, partition_params
 from gd_jax._src.network import Params
 from gd_jax._src.optim import GradientTransformation
 from gd_jax._src.parallel import _is_peer_failure, _peer_lost, check_same_across_processes, fingerprint
@@ -288,6 +289,9 @@ class SweepResult:
       compile_seconds: compile time of the sweep's program in this call.
       memory: the compiled program's memory in bytes: ``argument``, ``output``, ``temp``
         and ``peak`` (their sum less the aliased bytes), per device.
+      static: for a framework model (an Equinox module, Flax variables, ...), everything but its
+        parameters (``gd.partition_params``), shared by all the models; ``params`` then holds the
+        parameters alone and ``model_params(i)`` the whole model. None for gd_jax's MLP.
     """
 
     params: Params
@@ -300,6 +304,7 @@ class SweepResult:
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     compile_seconds: float = 0.0
     memory: dict[str, int] = dataclasses.field(default_factory=dict)
+    static: Any = None
 
     def __len__(self) -> int:
         return len(self.models)
@@ -313,8 +318,9 @@ class SweepResult:
         return {**{name: self.models[model][name] for name in self.grid}, "seed": self.models[model]["seed"]}
 
     def model_params(self, model: int) -> Params:
-        """The parameters of one model (its slice of the stacked ``params``)."""
-        return jax.tree.map(lambda leaf: leaf[model], self.params)
+        """One model: its slice of the stacked ``params`` (with ``static`` put back around it, for a
+        framework model: the model as ``init`` made it, trained)."""
+        return combine_params(jax.tree.map(lambda leaf: leaf[model], self.params), self.static)
 
     def select(self, **where: Any) -> list[int]:
         """The indices of the models whose coordinates match, e.g. ``select(learning_rate=3.0)``.
@@ -464,10 +470,12 @@ def sweep(init: Callable[[jax.Array], Params], train: Dataset, *, grid: Mapping[
                         target_cost=target_cost, max_growth=max_growth, n_classes=n_classes)
     predict_fn = predict_fn or default_predict_fn(first, activation)
     n_classes = n_classes or infer_n_classes(first, train, eval_data)
-    result = _start_or_resume(resume, grid, seed_list, shuffle, init_params, epochs, make_optimizer)
+    static, init_params, make_cost, predict_fn = _parameters_only(init_params, make_cost, predict_fn)
+    result = _start_or_resume(resume, grid, seed_list, shuffle, init_params, epochs, make_optimizer, static)
     if result.epochs_done >= epochs or not _active(result).any():
         return result
-    program = _Program.build(_model_mesh(mesh, devices), result, first, make_optimizer, shuffle, train.size)
+    program = _Program.build(_model_mesh(mesh, devices), result, init_params[seed_list[0]], make_optimizer, shuffle,
+                             train.size)
     body = _device_epoch(make_cost, make_optimizer, program.axes, batch_size=batch_size, n_classes=n_classes,
                          shuffle=shuffle, predict_fn=predict_fn, max_growth=max_growth, has_eval=eval_data is not None)
     state, hyper, data = program.place(result, train, eval_data)
@@ -489,6 +497,24 @@ def sweep(init: Callable[[jax.Array], Params], train: Dataset, *, grid: Mapping[
     return result
 
 
+def _parameters_only(models: dict[int, Any], make_cost: Callable[[Hyper], Cost], predict_fn: Any,
+                     ) -> tuple[Any, dict[int, Any], Callable[[Hyper], Cost], Any]:
+    """A framework model's parameters (its inexact arrays, ``partition_params``) are what the sweep
+    stacks and trains; the rest, shared by all the models, is put back around them for the cost and
+    the predictions. A model that is all parameters (gd_jax's MLP) passes through unchanged."""
+    static = partition_params(next(iter(models.values())))[1]
+    if static is None:
+        return None, models, make_cost, predict_fn
+    params = {s: partition_params(m)[0] for s, m in models.items()}
+
+    def cost_of(hyper: Hyper) -> Cost:
+        cost = make_cost(hyper)
+        return lambda p, x, y: cost(combine_params(p, static), x, y)
+
+    predict = None if predict_fn is None else (lambda p, x: predict_fn(combine_params(p, static), x))
+    return static, params, cost_of, predict
+
+
 def _cost_factory(shuffle: str, cost: Cost | None, make_cost: Callable[[Hyper], Cost] | None,
                   ) -> Callable[[Hyper], Cost]:
     if shuffle not in SHUFFLE_MODES:
@@ -507,9 +533,9 @@ def _cost_factory(shuffle: str, cost: Cost | None, make_cost: Callable[[Hyper], 
 
 def _start_or_resume(resume: SweepResult | None, grid: Mapping[str, Sequence[float]], seed_list: list[int],
                      shuffle: str, init_params: dict[int, Params], epochs: int,
-                     make_optimizer: Callable[[Hyper], GradientTransformation]) -> SweepResult:
+                     make_optimizer: Callable[[Hyper], GradientTransformation], static: Any) -> SweepResult:
     """The sweep's starting result: a copy of ``resume`` (checked to be this sweep), or fresh models,
-    each with its optimizer state from its own factory call."""
+    each with its optimizer state from its own factory call (``static``: see ``SweepResult``)."""
     result = _resumed(resume, grid, seed_list, shuffle, epochs) if resume is not None else None
     if result is None:
         pairs = list(itertools.product(grid_points(grid), seed_list))
@@ -522,6 +548,7 @@ def _start_or_resume(resume: SweepResult | None, grid: Mapping[str, Sequence[flo
     if result.opt_state is None:
         hyper = {name: jnp.asarray([m[name] for m in result.models], jnp.float32) for name in result.grid}
         result.opt_state = jax.vmap(lambda p, h: make_optimizer(h).init(p))(result.params, hyper)
+    result.static = static
     return result
 
 
