@@ -258,25 +258,6 @@ def test_resume_of_another_sweep_is_refused(data):
         sweep(init, train, grid={"learning_rate": [2.0]}, epochs=1, resume=done, **kwargs)
 
 
-def test_readme_sweep_example_runs_as_written():
-    """The README's Python sweep example, executed as written: 4 models, 3 epochs on the sample."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Sweeps: many models as one compiled program"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    result = namespace["result"]
-    assert len(result) == 4 and result.select(learning_rate=3.0) == [2, 3]
-    assert namespace["csv_text"].count("\n") == 1 + 4 * 3
-    best = result.best("eval_accuracy")
-    finals = result.final("eval_accuracy")
-    means = {lr: np.mean([finals[i] for i in result.select(learning_rate=lr)]) for lr in (0.5, 3.0)}
-    assert best["learning_rate"] == max(means, key=means.get) and best["mean"] == pytest.approx(max(means.values()))
-
-
 @pytest.mark.parametrize("seed", [2, 2**32 + 2, 2**63])
 def test_a_seed_starts_from_the_parameters_gd_jax_train_starts_from(tmp_path, seed):
     """Seeds above 2**32 too: jax.random.key(2**32 + 2) would be the key of seed 2."""

@@ -675,7 +675,7 @@ class _Program:
                 raise _peer_lost(e) from e
             raise
         state = jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, axis, 0), state, self.axes)
-        return tuple(state if len(self.pad) == self.k else _take(state, np.arange(self.k)))  # type: ignore[return-value]
+        return tuple(state if len(self.pad) == self.k else _take(state, np.arange(self.k)))
 
 
 def _device_epoch(make_cost: Callable[[Hyper], Cost], make_optimizer: Callable[[Hyper], GradientTransformation],
