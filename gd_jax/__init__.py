@@ -52,6 +52,7 @@ from gd_jax._src.plotting import plot_history, write_run_figures
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import load_params, save_params
 from gd_jax._src.sweep import SweepEpochEnd, SweepResult, grid_points, make_sweep_epoch, model_axes, sweep
+from gd_jax._src.sweep_folder import load_sweep
 from gd_jax._src.tensorboard import write_run_events
 from gd_jax._src.train import DivergenceError, EpochEnd, History, accuracy, evaluate, fit, mlp_predict
 
@@ -96,6 +97,7 @@ __all__ = [
     "load_checkpoint",
     "load_mnist",
     "load_params",
+    "load_sweep",
     "load_trained_network",
     "log_likelihood_cost",
     "make_data_parallel_epoch",

@@ -258,25 +258,6 @@ def test_resume_of_another_sweep_is_refused(data):
         sweep(init, train, grid={"learning_rate": [2.0]}, epochs=1, resume=done, **kwargs)
 
 
-def test_readme_sweep_example_runs_as_written():
-    """The README's Python sweep example, executed as written: 4 models, 3 epochs on the sample."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Sweeps: many models as one compiled program"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    result = namespace["result"]
-    assert len(result) == 4 and result.select(learning_rate=3.0) == [2, 3]
-    assert namespace["csv_text"].count("\n") == 1 + 4 * 3
-    best = result.best("eval_accuracy")
-    finals = result.final("eval_accuracy")
-    means = {lr: np.mean([finals[i] for i in result.select(learning_rate=lr)]) for lr in (0.5, 3.0)}
-    assert best["learning_rate"] == max(means, key=means.get) and best["mean"] == pytest.approx(max(means.values()))
-
-
 @pytest.mark.parametrize("seed", [2, 2**32 + 2, 2**63])
 def test_a_seed_starts_from_the_parameters_gd_jax_train_starts_from(tmp_path, seed):
     """Seeds above 2**32 too: jax.random.key(2**32 + 2) would be the key of seed 2."""
@@ -293,3 +274,62 @@ def test_a_seed_starts_from_the_parameters_gd_jax_train_starts_from(tmp_path, se
         assert not np.array_equal(np.asarray(mine[0]["w"]),
                                   np.asarray(gd.init_mlp(seed_keys(2)[0], [784, 16, 10])[0]["w"]))
 
+
+
+def test_a_mesh_places_the_models_as_devices_do_and_not_both(data):
+    """``mesh=``: the model axis over the mesh's devices (flattened), the same models as the default."""
+    from jax.sharding import Mesh
+
+    train, test = data
+    kwargs = dict(grid={"learning_rate": [0.5, 3.0]}, seeds=2, make_optimizer=lambda h: gd.sgd(h["learning_rate"]),
+                  cost=gd.quadratic_cost, epochs=1, batch_size=BATCH, eval_data=test)
+    init = functools.partial(gd.init_mlp, sizes=SIZES)
+    mesh = Mesh(np.array(jax.devices()).reshape(-1, 1), ("a", "b"))
+    on_mesh, default = sweep(init, train, mesh=mesh, **kwargs), sweep(init, train, **kwargs)
+    for a, b in zip(jax.tree.leaves(on_mesh.params), jax.tree.leaves(default.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="pass mesh= or devices=, not both"):
+        sweep(init, train, mesh=mesh, devices=jax.devices(), **kwargs)
+
+
+def test_sweep_reads_in_a_minute():
+    """Issue 18: ``sweep`` is about 60 lines with its signature and docstring, its helpers beside it; none over 80."""
+    import ast
+    import inspect
+
+    from gd_jax._src import sweep as module
+
+    assert len(inspect.getsource(sweep).splitlines()) <= 70
+    tree = ast.parse(inspect.getsource(module))
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+            and f.end_lineno - f.lineno + 1 > 80}
+    assert long == {}
+
+
+def test_a_framework_model_sweeps_as_fit_trains_it(data):
+    """An Equinox MLP (its activations static leaves): each model of the sweep is fit's model."""
+    eqx = pytest.importorskip("equinox")
+    train, test = data
+
+    def init(key):
+        return eqx.nn.MLP(784, 10, 12, depth=1, activation=jax.nn.sigmoid, final_activation=jax.nn.sigmoid, key=key)
+
+    def cost(model, x, y):
+        return jnp.mean(0.5 * jnp.sum((y - jax.vmap(model)(x)) ** 2, axis=-1))
+
+    def predict_fn(model, x):
+        return jax.vmap(model)(x)
+
+    result = sweep(init, train, grid={"learning_rate": [0.5, 3.0]}, seeds=[0, 1],
+                   make_optimizer=lambda h: gd.sgd(h["learning_rate"]), cost=cost, predict_fn=predict_fn, epochs=2,
+                   batch_size=BATCH, eval_data=test)
+    i = result.select(learning_rate=3.0, seed=1)[0]
+    init_key, shuffle_key = seed_keys(1)
+    solo, history = gd.fit(init(init_key), train, eval_data=test, epochs=2, batch_size=BATCH, optimizer=gd.sgd(3.0),
+                           cost=cost, key=shuffle_key, predict_fn=predict_fn)
+    model = result.model_params(i)
+    assert isinstance(model, eqx.nn.MLP) and model.activation is jax.nn.sigmoid
+    for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)), jax.tree.leaves(eqx.filter(solo, eqx.is_array))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    records = [r for r in result.records if r["model"] == i]
+    np.testing.assert_allclose([r["eval_accuracy"] for r in records], history["eval_accuracy"], atol=1e-6)

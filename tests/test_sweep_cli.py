@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -162,3 +163,145 @@ def test_each_model_is_a_tensorboard_run_with_its_own_scalars_and_hyperparameter
             events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
         assert start.hparams["learning_rate"].number_value == own[0]["learning_rate"]
         assert start.hparams["seed"].number_value == own[0]["seed"]
+
+
+# --- issue 20: diverged models are an outcome, output habits, honest selection ----------------------------------
+
+
+def test_a_sweep_where_every_model_diverges_exits_3_in_one_line_and_keeps_its_folder(tmp_path, capsys):
+    out = tmp_path / "diverged"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no library warning reaches the user
+        status = main([*SMALL, "--eta", "100000,10000000", "--epochs", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 3
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "every model diverged" in lines[0] and "learning_rate=100000" in lines[0] and "1e+07" in lines[0]
+    assert "--eta 10000" in lines[0]
+    assert sorted(os.listdir(out)) == ["accuracy.png", "checkpoints", "config.json", "costs.png", "params.npz",
+                                       "sweep.csv", "sweep.json", "tensorboard"]
+    assert len(os.listdir(out / "tensorboard")) == 2
+    assert all(m["stop_reason"] == "diverged" for m in json.loads((out / "sweep.json").read_text())["models"])
+    assert main(["--resume", str(out)]) == 3
+    resumed = capsys.readouterr()
+    assert resumed.err.strip().count("\n") == 0 and "nothing to resume" in resumed.err, resumed.err
+
+
+def test_some_diverged_models_leak_no_warning_and_the_figures_are_in_fractions(tmp_path, capsys):
+    out = tmp_path / "some"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = main([*SMALL, "--eta", "1,100000", "--epochs", "1", "--out", str(out)])
+    assert status == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of 2 models diverged: learning_rate=100000 (seed 0)" in err[0]
+
+
+def test_plot_sweep_draws_titled_fractions_and_whole_epoch_ticks(finished, tmp_path):
+    import matplotlib.pyplot as plt
+
+    import gd_jax as gd
+    from gd_jax._src import sweep_figures
+
+    _, out = finished
+    result = gd.load_sweep(out)
+    seen = {}
+    original = sweep_figures._save
+
+    def keep(fig, path):
+        seen[os.path.basename(path)] = [(ax.get_ylabel(), ax.get_ylim(), list(ax.get_xticks()),
+                                         ax.get_title(), fig._suptitle.get_text() if fig._suptitle else "")
+                                        for ax in fig.axes]
+        original(fig, path)
+
+    sweep_figures._save = keep
+    try:
+        sweep_figures.plot_sweep(result, tmp_path, title="a sweep")
+    finally:
+        sweep_figures._save = original
+        plt.close("all")
+    (ylabel, ylim, _, _, suptitle), = seen["accuracy.png"]
+    assert "fraction" in ylabel and ylim[1] <= 1.05 and "a sweep" in suptitle
+    (_, _, xticks, title, _), = seen["costs.png"]
+    assert "a sweep" in title and all(float(t).is_integer() for t in xticks)
+
+
+def test_output_is_one_plain_line_per_epoch_with_plurals(tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main([*SMALL[:-1], "--eta", "3", "--epochs", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "\r" not in captured.err
+    assert "1 model," in captured.out and "over 1 seed," in captured.out
+    assert "chosen on the test set" in captured.out and "--validation" in captured.out
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    resumed = capsys.readouterr()
+    assert "already complete" in resumed.err and "already complete" in resumed.out
+    assert " in " not in resumed.out.split(";")[0]  # no "2 epochs in 0.0 s"
+
+
+def test_with_validation_the_best_is_chosen_on_validation_and_tested_once(tmp_path, capsys):
+    out = tmp_path / "val"
+    assert main([*SMALL, "--eta", "0.5,3", "--epochs", "1", "--validation", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "best on validation" in line and "tested once: test accuracy" in line
+    assert "chosen on the test set" not in line
+
+
+# --- issue 20: a sweep folder is a run folder of K models -------------------------------------------------------
+
+
+def test_load_sweep_returns_the_result_and_its_models(finished):
+    import gd_jax as gd
+
+    _, out = finished
+    result = gd.load_sweep(out)
+    document = json.loads((out / "sweep.json").read_text())
+    assert result.models == document["models"] and result.records == document["records"]
+    assert result.select(learning_rate=3.0, seed=1) == [3]
+    assert result.best("eval_accuracy")["learning_rate"] in (0.5, 3.0)
+    stacked = np.load(out / "params.npz")
+    np.testing.assert_array_equal(np.asarray(result.model_params(3)[0]["w"]), stacked["layer0/w"][3])
+    network = gd.load_trained_network(out, model="learning_rate=3,seed=1")
+    np.testing.assert_array_equal(np.asarray(network.params[1]["b"]), stacked["layer1/b"][3])
+    with pytest.raises(ValueError, match="choose one with --model"):
+        gd.load_trained_network(out)
+    with pytest.raises(ValueError, match="2 models"):
+        gd.load_trained_network(out, model="learning_rate=3")
+
+
+@pytest.mark.parametrize("model", ["3", "learning_rate=3,seed=1"])
+def test_evaluate_one_model_of_a_sweep_equals_its_recorded_test_accuracy(finished, capsys, model):
+    _, out = finished
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--model", model]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    last = [r for r in json.loads((out / "sweep.json").read_text())["records"] if r["model"] == 3][-1]
+    assert shown["model"] == 3
+    assert shown["test_accuracy"] == pytest.approx(last["eval_accuracy"], abs=1e-6)
+
+
+def test_evaluate_and_predict_without_model_list_the_models_in_one_line(finished, capsys, tmp_path):
+    from PIL import Image
+
+    _, out = finished
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "3 (learning_rate=3, seed=1)" in err and "--model" in err
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8) + np.eye(28, dtype=np.uint8) * 255).save(image)
+    assert cli.main(["predict", str(out), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--model" in err
+    assert cli.main(["predict", str(out), "--model", "2", str(image)]) == 0
+    assert "digit.png" in capsys.readouterr().out
+
+
+def test_train_resume_of_a_sweep_folder_points_to_sweep_resume(finished, capsys):
+    _, out = finished
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"gd-jax sweep --resume {out}" in err

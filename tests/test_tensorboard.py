@@ -232,3 +232,53 @@ def test_gd_jax_train_writes_events_and_figures_that_match_its_history(tmp_path,
     assert main(["train", "--epochs", "1", "--sizes", "784,12,10", "--no-progress", "--no-tensorboard",
                  "--overwrite", "--out", str(out)]) == 0
     assert event_files(out) == []
+
+
+# --- issue 20: TensorBoard follows a run while it trains ---------------------------------------------------------
+
+
+def _watch_epochs(monkeypatch, folder_of_event_files) -> list[tuple[int, list[int]]]:
+    """Reads the event files with EventAccumulator at the end of every epoch (what `tensorboard --logdir` sees
+    then): returns (epoch, the steps of cost/train) each time."""
+    from gd_jax.cli import runs
+
+    seen: list[tuple[int, list[int]]] = []
+    original = runs.EpochProgress.epoch_end
+
+    def epoch_end(self, record):
+        steps = [e.step for e in read(folder_of_event_files).Scalars("cost/train")]
+        seen.append((int(record["epoch"]), steps))
+        original(self, record)
+
+    monkeypatch.setattr(runs.EpochProgress, "epoch_end", epoch_end)
+    return seen
+
+
+def test_train_writes_each_epoch_as_it_ends_and_resume_continues_the_stream(tmp_path, monkeypatch):
+    from gd_jax.cli import main
+
+    out = tmp_path / "live"
+    seen = _watch_epochs(monkeypatch, out)
+    small = ["train", "--sizes", "784,8,10", "--batch-size", "500", "--no-progress"]
+    assert main([*small, "--epochs", "2", "--out", str(out)]) == 0
+    assert seen == [(1, [1]), (2, [1, 2])]
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--no-progress"]) == 0
+    assert seen[2:] == [(3, [1, 2, 3]), (4, [1, 2, 3, 4])]  # no duplicate step after the resume
+    assert [e.step for e in read(out).Scalars("cost/train")] == [1, 2, 3, 4]
+    assert len(event_files(out)) == 1
+
+
+def test_sweep_writes_each_models_epoch_as_it_ends_and_resume_continues_the_stream(tmp_path, monkeypatch):
+    from gd_jax.cli import main
+
+    out = tmp_path / "sweep"
+    seen = _watch_epochs(monkeypatch, out / "tensorboard" / "model-001")
+    small = ["sweep", "--sizes", "784,8,10", "--batch-size", "500", "--eta", "0.5,3", "--no-progress"]
+    assert main([*small, "--epochs", "2", "--out", str(out)]) == 0
+    assert seen == [(1, [1]), (2, [1, 2])]
+    assert main(["sweep", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert seen[2:] == [(3, [1, 2, 3])]
+    events = read(out / "tensorboard" / "model-001")
+    records = [r for r in json.loads((out / "sweep.json").read_text())["records"] if r["model"] == 1]
+    assert [(e.step, e.value) for e in events.Scalars("cost/train")] == [
+        (r["epoch"], float(np.float32(r["train_cost"]))) for r in records]

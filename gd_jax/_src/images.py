@@ -31,7 +31,7 @@ import re
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -40,7 +40,8 @@ import numpy as np
 from gd_jax._src.analysis import PredictFn, output_activations
 from gd_jax._src.extras import require
 from gd_jax._src.network import Params, layer_sizes
-from gd_jax._src.serialization import describe_file, load_params
+from gd_jax._src.serialization import describe_file, load_params, read_json_object
+from gd_jax._src.sweep_folder import describe_models, is_sweep_folder, load_sweep, pick_model
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -379,19 +380,28 @@ def predict_images(
     return ImagePredictions(activations.argmax(axis=-1), activations, inputs)
 
 
-def load_trained_network(run: str | os.PathLike) -> TrainedNetwork:
-    """A network from a ``gd-jax train`` run folder (its ``params.npz`` and ``config.json``).
+def load_trained_network(run: str | os.PathLike, *, model: int | str | Mapping[str, Any] | None = None,
+                         ) -> TrainedNetwork:
+    """A network from a ``gd-jax train`` run folder (its ``params.npz`` and ``config.json``), or one
+    model of a ``gd-jax sweep`` folder.
 
     Args:
       run: the run folder, or a ``params.npz`` file itself (then with sigmoid neurons, the
-        default, unless a ``config.json`` lies beside it).
+        default, unless a ``config.json`` lies beside it), or a sweep folder.
+      model: with a sweep folder, which of its models: an index, or its coordinates
+        (``"learning_rate=3,seed=1"`` or a dict; see ``gd_jax.load_sweep`` and ``SweepResult.select``).
 
     Raises:
       FileNotFoundError: no such folder or file.
       ValueError: the folder holds no ``params.npz`` (not a run folder), or a damaged one or
-        config.
+        config; a sweep folder without ``model`` (the message lists its models), or ``model``
+        with a run folder.
     """
     path = os.fspath(run)
+    if is_sweep_folder(path):
+        return _sweep_model(path, model)
+    if model is not None:
+        raise ValueError(f"{path!r} is a run folder of one network, not a sweep folder; leave out the model")
     if os.path.isdir(path):
         folder, params_path = path, os.path.join(path, "params.npz")
         if not os.path.isfile(params_path):
@@ -404,12 +414,21 @@ def load_trained_network(run: str | os.PathLike) -> TrainedNetwork:
     config: dict[str, Any] = {}
     config_path = os.path.join(folder, "config.json")
     if os.path.isfile(config_path):
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{config_path!r} is not readable JSON ({e}); the run folder is damaged") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"{config_path!r} does not hold a run's settings (a JSON object)")
+        config = read_json_object(config_path, fix="the run folder is damaged; train it again")
     params = load_params(params_path)
     return TrainedNetwork(params, str(config.get("activation", "sigmoid")), config)
+
+
+def _sweep_model(path: str, model: int | str | Mapping[str, Any] | None) -> TrainedNetwork:
+    result = load_sweep(path)
+    if model is None:
+        raise ValueError(f"{path!r} is a sweep folder of {len(result)} models; choose one with --model K (an index) "
+                         f"or --model learning_rate=3,seed=1: {describe_models(result)}")
+    index = pick_model(result, model)
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    config = {**config, **result.coords(index), "model": index}
+    return TrainedNetwork(result.model_params(index), str(config.get("activation", "sigmoid")), config)

@@ -21,8 +21,33 @@ import numpy as np
 
 from gd_jax._src.network import Params
 
-__all__ = ["atomic_write_bytes", "describe_file", "describe_load_error", "file_mode", "load_params", "save_params"]
+__all__ = ["atomic_write_bytes", "describe_file", "describe_load_error", "file_mode", "load_params", "read_json_object",
+           "save_params"]
 
+
+
+def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
+    """Reads a JSON file that must hold one object (a run's config, its history).
+
+    Args:
+      path: the file.
+      fix: what to do when it is damaged, for the message (e.g. ``"start a new run"``).
+
+    Raises:
+      FileNotFoundError: there is no such file.
+      ValueError: it cannot be read, is not JSON, or holds something other than an object.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path!r} as JSON ({e}); it is damaged: {fix}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path!r} does not hold a JSON object of settings; it is damaged: {fix}")
+    return value
 
 def file_mode(folder: str | os.PathLike = ".") -> int:
     """The permission bits ``open()`` gives a new file in ``folder``: ``0o666`` less the umask.

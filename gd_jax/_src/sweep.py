@@ -66,14 +66,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gd_jax._src.costs import Cost
 from gd_jax._src.data.dataset import Dataset
 from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
+from gd_jax._src.model import combine_params, partition_params
 from gd_jax._src.network import Params
 from gd_jax._src.optim import GradientTransformation
+from gd_jax._src.parallel import _is_peer_failure, _peer_lost, check_same_across_processes, fingerprint
 from gd_jax._src.seeds import SEED_LIMIT, seed_keys
 from gd_jax._src.train import (
     check_fit_arguments,
@@ -94,6 +97,7 @@ __all__ = [
 ]
 
 SHUFFLE_MODES = ("per_model", "shared")
+MODEL_AXIS = "model"  # the one axis of a sweep's device mesh
 Hyper = dict[str, jax.Array]
 _RESERVED = ("model", "seed", "epoch", "train_cost", "train_accuracy", "eval_cost", "eval_accuracy", "status")
 _METRICS = ("train_cost", "train_accuracy", "eval_cost", "eval_accuracy")
@@ -172,7 +176,7 @@ def model_axes(params: Params, opt_state: Any = None, *, shuffle: str = "shared"
 
 
 def _axis_spec(axis: int) -> P:
-    return P(*([None] * axis), "model")
+    return P(*([None] * axis), MODEL_AXIS)
 
 
 def _to_axes(tree: Any, axes: Any) -> Any:
@@ -285,6 +289,9 @@ class SweepResult:
       compile_seconds: compile time of the sweep's program in this call.
       memory: the compiled program's memory in bytes: ``argument``, ``output``, ``temp``
         and ``peak`` (their sum less the aliased bytes), per device.
+      static: for a framework model (an Equinox module, Flax variables, ...), everything but its
+        parameters (``gd.partition_params``), shared by all the models; ``params`` then holds the
+        parameters alone and ``model_params(i)`` the whole model. None for gd_jax's MLP.
     """
 
     params: Params
@@ -297,6 +304,7 @@ class SweepResult:
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     compile_seconds: float = 0.0
     memory: dict[str, int] = dataclasses.field(default_factory=dict)
+    static: Any = None
 
     def __len__(self) -> int:
         return len(self.models)
@@ -310,8 +318,9 @@ class SweepResult:
         return {**{name: self.models[model][name] for name in self.grid}, "seed": self.models[model]["seed"]}
 
     def model_params(self, model: int) -> Params:
-        """The parameters of one model (its slice of the stacked ``params``)."""
-        return jax.tree.map(lambda leaf: leaf[model], self.params)
+        """One model: its slice of the stacked ``params`` (with ``static`` put back around it, for a
+        framework model: the model as ``init`` made it, trained)."""
+        return combine_params(jax.tree.map(lambda leaf: leaf[model], self.params), self.static)
 
     def select(self, **where: Any) -> list[int]:
         """The indices of the models whose coordinates match, e.g. ``select(learning_rate=3.0)``.
@@ -416,75 +425,44 @@ def _take(tree: Any, index: np.ndarray) -> Any:
     return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def sweep(
-    init: Callable[[jax.Array], Params],
-    train: Dataset,
-    *,
-    grid: Mapping[str, Sequence[float]],
-    make_optimizer: Callable[[Hyper], GradientTransformation],
-    epochs: int,
-    batch_size: int,
-    seeds: int | Sequence[int] = 1,
-    cost: Cost | None = None,
-    make_cost: Callable[[Hyper], Cost] | None = None,
-    eval_data: Dataset | None = None,
-    shuffle: str = "per_model",
-    predict_fn: Callable[[Params, jax.Array], jax.Array] | None = None,
-    n_classes: int | None = None,
-    activation: str = "sigmoid",
-    target_cost: float | None = None,
-    max_growth: float | None = 10.0,
-    devices: Sequence[jax.Device] | None = None,
-    resume: SweepResult | None = None,
-    on_epoch_end: Callable[[SweepEpochEnd], None] | None = None,
-) -> SweepResult:
+def sweep(init: Callable[[jax.Array], Params], train: Dataset, *, grid: Mapping[str, Sequence[float]],
+          make_optimizer: Callable[[Hyper], GradientTransformation], epochs: int, batch_size: int,
+          seeds: int | Sequence[int] = 1, cost: Cost | None = None, make_cost: Callable[[Hyper], Cost] | None = None,
+          eval_data: Dataset | None = None, shuffle: str = "per_model",
+          predict_fn: Callable[[Params, jax.Array], jax.Array] | None = None, n_classes: int | None = None,
+          activation: str = "sigmoid", target_cost: float | None = None, max_growth: float | None = 10.0,
+          devices: Sequence[jax.Device] | None = None, mesh: Mesh | None = None, resume: SweepResult | None = None,
+          on_epoch_end: Callable[[SweepEpochEnd], None] | None = None) -> SweepResult:
     """Trains every model of a hyperparameter grid times seeds, as one compiled program.
 
     Args:
       init: ``init(key) -> params``, e.g. ``functools.partial(gd.init_mlp, sizes=[784, 30, 10])``.
       train: the training ``Dataset``, resident once on each device whatever the grid's size.
-      grid: hyperparameter name -> list of numbers; the sweep trains their cartesian product
-        (``grid_points``). ``{}`` sweeps seeds only.
-      make_optimizer: ``make_optimizer(h) -> optimizer``, ``h`` mapping each grid name to one
-        model's value as a float32 scalar array (traced: use it in arithmetic, not in Python
-        ``if``), e.g. ``lambda h: gd.sgd(h["learning_rate"])``.
-      epochs: the total number of epochs (a resumed sweep counts those done).
-      batch_size: mini-batch size, as for ``fit``.
+      grid: name -> list of numbers; the sweep trains their product (``grid_points``); ``{}``: seeds only.
+      make_optimizer: ``make_optimizer(h) -> optimizer``, ``h`` each grid name's value for one model as
+        a traced float32 scalar (arithmetic, not Python ``if``), e.g. ``lambda h: gd.sgd(h["learning_rate"])``.
+      epochs, batch_size: as for ``fit`` (``epochs`` the total: a resumed sweep counts those done).
       seeds: a count ``N`` (seeds ``0 .. N-1``) or a list of seeds; see ``seed_keys``.
-      cost: the cost, when no hyperparameter enters it; or
-      make_cost: ``make_cost(h) -> cost``, e.g. an L2 term weighted by ``h["lmbda"]``.
+      cost, make_cost: one of them: the cost, or ``make_cost(h) -> cost`` (an L2 term weighted by ``h["lmbda"]``).
       eval_data: a ``Dataset`` to measure cost and accuracy on after each epoch.
       shuffle: ``"per_model"`` or ``"shared"`` (see the module docstring).
-      predict_fn: ``predict_fn(params, x) -> scores`` for accuracy (default, as in ``fit``:
-        gd_jax's ``predict`` with ``activation`` for its own MLPs; for other models the
-        accuracies are None).
-      n_classes: width of the one-hot targets (default, as in ``fit``: the MLP's output
-        layer, else the largest label + 1).
-      activation: the neurons of the default ``predict_fn``.
-      target_cost: a model stops once its training cost is at or below this.
-      max_growth: the largest RMS parameter growth in one epoch before a model counts as
-        diverged (as in ``fit``); None allows any.
-      devices: the devices to spread the models over (default all of ``jax.devices()``).
+      predict_fn, n_classes, activation, target_cost, max_growth: as for ``fit``, for every model.
+      devices, mesh: where the models go (default all of ``jax.devices()``: in a multi-process run every
+        device of every process); a mesh's devices are flattened into the model axis. Across processes
+        (``jax.distributed``) every process calls ``sweep`` alike, feeds its own devices, gets the whole result.
       resume: a ``SweepResult`` of the same grid, seeds and mode to continue (to ``epochs``).
       on_epoch_end: called with a ``SweepEpochEnd`` after each epoch (checkpoints, progress).
 
     Returns:
-      A ``SweepResult``; model ``i`` has the coordinates ``result.models[i]``, grid points in
-      ``grid_points(grid)`` order, seeds varying fastest.
+      A ``SweepResult``; model ``i`` has the coordinates ``result.models[i]`` (grid points in
+      ``grid_points(grid)`` order, seeds varying fastest).
 
     Raises:
       ValueError: a bad grid, seed list, mode or argument (the message names the fix).
+      PeerLostError: in a multi-process sweep, another process died or hung.
     """
-    points = grid_points(grid)
-    seed_list = _check_seeds(seeds)
-    if shuffle not in SHUFFLE_MODES:
-        raise ValueError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle!r}")
-    if (cost is None) == (make_cost is None):
-        raise ValueError("pass exactly one of cost= (a fixed cost) and make_cost= (a factory of the hyperparameters)")
-    if make_cost is None:
-        def make_cost(hyper: Hyper, cost: Cost = cost) -> Cost:
-            del hyper  # the same cost for every model
-            return cost
+    _check_grid(grid)
+    seed_list, make_cost = _check_seeds(seeds), _cost_factory(shuffle, cost, make_cost)
     init_params = {s: init(seed_keys(s)[0]) for s in seed_list}
     first = init_params[seed_list[0]]
     # The same checks, defaults and measurements as fit, so that each model is fit's model.
@@ -492,55 +470,220 @@ def sweep(
                         target_cost=target_cost, max_growth=max_growth, n_classes=n_classes)
     predict_fn = predict_fn or default_predict_fn(first, activation)
     n_classes = n_classes or infer_n_classes(first, train, eval_data)
-    n = train.size
-
-    models = [{"model": i, "seed": s, **point, "stop_reason": "epochs", "stop_epoch": None, "message": None}
-              for i, (point, s) in enumerate(itertools.product(points, seed_list))]
-    k = len(models)
-    grid = {name: list(values) for name, values in grid.items()}
-    if resume is not None:
-        if (resume.grid, resume.seeds, resume.shuffle) != (grid, seed_list, shuffle):
-            raise ValueError(
-                f"resume holds a sweep of grid {resume.grid}, seeds {resume.seeds}, shuffle {resume.shuffle!r}, "
-                f"not grid {grid}, seeds {seed_list}, shuffle {shuffle!r}; resume with the settings that made it")
-        if epochs < resume.epochs_done:
-            raise ValueError(f"epochs={epochs} is fewer than the {resume.epochs_done} epochs the sweep has done; "
-                             f"pass epochs={resume.epochs_done} or more")
-        result = dataclasses.replace(resume, models=[dict(m) for m in resume.models],
-                                     records=[dict(r) for r in resume.records],
-                                     epoch_seconds=list(resume.epoch_seconds), compile_seconds=0.0)
-    else:
-        params = _stack([jax.tree.map(jnp.asarray, init_params[m["seed"]]) for m in models])
-        result = SweepResult(params=params, opt_state=None, models=models, records=[], grid=grid,
-                             seeds=seed_list, shuffle=shuffle)
-
-    hyper_np = {name: np.array([m[name] for m in result.models], np.float32) for name in grid}
-    if result.opt_state is None:  # each model's optimizer state from its own factory call
-        result.opt_state = jax.vmap(lambda p, h: make_optimizer(h).init(p))(
-            result.params, {name: jnp.asarray(v) for name, v in hyper_np.items()})
-    if result.epochs_done >= epochs or k == 0:
+    static, init_params, make_cost, predict_fn = _parameters_only(init_params, make_cost, predict_fn)
+    result = _start_or_resume(resume, grid, seed_list, shuffle, init_params, epochs, make_optimizer, static)
+    if result.epochs_done >= epochs or not _active(result).any():
         return result
+    program = _Program.build(_model_mesh(mesh, devices), result, init_params[seed_list[0]], make_optimizer, shuffle,
+                             train.size)
+    body = _device_epoch(make_cost, make_optimizer, program.axes, batch_size=batch_size, n_classes=n_classes,
+                         shuffle=shuffle, predict_fn=predict_fn, max_growth=max_growth, has_eval=eval_data is not None)
+    state, hyper, data = program.place(result, train, eval_data)
+    compiled = _compile(result, program, body, state, hyper, data)
+    for epoch in range(result.epochs_done, epochs):
+        active = _active(result)
+        if not active.any():
+            break
+        start = time.perf_counter()
+        state, metrics = program.run(compiled, state, hyper, active, data, program.orders(result, epoch))
+        result.epoch_seconds.append(time.perf_counter() - start)
+        unmeasured = {"train_accuracy": predict_fn is None, "eval_cost": eval_data is None,
+                      "eval_accuracy": eval_data is None or predict_fn is None}
+        for i in np.flatnonzero(active):
+            _record(result, int(i), epoch + 1, metrics, unmeasured, target_cost, max_growth)
+        result.params, result.opt_state = program.stacked(state)
+        if on_epoch_end is not None:
+            on_epoch_end(SweepEpochEnd(epoch + 1, result))
+    return result
 
-    # One device mesh axis "model"; the grid padded to a multiple of the device count.
-    devices = list(jax.devices() if devices is None else devices)
-    mesh = jax.sharding.Mesh(np.array(devices), ("model",))
-    k_pad = -(-k // len(devices)) * len(devices)
-    pad = np.concatenate([np.arange(k), np.full(k_pad - k, k - 1)]).astype(np.int32)
-    by_model, replicated = NamedSharding(mesh, P("model")), NamedSharding(mesh, P())
-    put = jax.device_put
-    # The compiled program keeps each leaf's model axis where the wide products want it.
-    axes = TrainState(*model_axes(init_params[seed_list[0]], jax.eval_shape(
-        make_optimizer({name: jnp.float32(v[0]) for name, v in hyper_np.items()}).init,
-        init_params[seed_list[0]]), shuffle=shuffle))
-    state_specs = jax.tree.map(_axis_spec, axes)
-    state = TrainState(result.params, result.opt_state)
-    state = _to_axes(state if k_pad == k else _take(state, pad), axes)
-    state = put(state, jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs))
-    hyper = put({name: v[pad] for name, v in hyper_np.items()}, by_model)
-    x, y = put(jnp.asarray(train.x), replicated), put(jnp.asarray(train.y), replicated)
-    ex, ey = (put(jnp.asarray(eval_data.x), replicated), put(jnp.asarray(eval_data.y), replicated)) \
-        if eval_data is not None else (x[:0], y[:0])
 
+def _parameters_only(models: dict[int, Any], make_cost: Callable[[Hyper], Cost], predict_fn: Any,
+                     ) -> tuple[Any, dict[int, Any], Callable[[Hyper], Cost], Any]:
+    """A framework model's parameters (its inexact arrays, ``partition_params``) are what the sweep
+    stacks and trains; the rest, shared by all the models, is put back around them for the cost and
+    the predictions. A model that is all parameters (gd_jax's MLP) passes through unchanged."""
+    static = partition_params(next(iter(models.values())))[1]
+    if static is None:
+        return None, models, make_cost, predict_fn
+    params = {s: partition_params(m)[0] for s, m in models.items()}
+
+    def cost_of(hyper: Hyper) -> Cost:
+        cost = make_cost(hyper)
+        return lambda p, x, y: cost(combine_params(p, static), x, y)
+
+    predict = None if predict_fn is None else (lambda p, x: predict_fn(combine_params(p, static), x))
+    return static, params, cost_of, predict
+
+
+def _cost_factory(shuffle: str, cost: Cost | None, make_cost: Callable[[Hyper], Cost] | None,
+                  ) -> Callable[[Hyper], Cost]:
+    if shuffle not in SHUFFLE_MODES:
+        raise ValueError(f"shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {shuffle!r}")
+    if (cost is None) == (make_cost is None):
+        raise ValueError("pass exactly one of cost= (a fixed cost) and make_cost= (a factory of the hyperparameters)")
+    if make_cost is not None:
+        return make_cost
+
+    def same_cost(hyper: Hyper) -> Cost:
+        del hyper  # the same cost for every model
+        return cost  # type: ignore[return-value]
+
+    return same_cost
+
+
+def _start_or_resume(resume: SweepResult | None, grid: Mapping[str, Sequence[float]], seed_list: list[int],
+                     shuffle: str, init_params: dict[int, Params], epochs: int,
+                     make_optimizer: Callable[[Hyper], GradientTransformation], static: Any) -> SweepResult:
+    """The sweep's starting result: a copy of ``resume`` (checked to be this sweep), or fresh models,
+    each with its optimizer state from its own factory call (``static``: see ``SweepResult``)."""
+    result = _resumed(resume, grid, seed_list, shuffle, epochs) if resume is not None else None
+    if result is None:
+        pairs = list(itertools.product(grid_points(grid), seed_list))
+        models = [{"model": i, "seed": s, **point, "stop_reason": "epochs", "stop_epoch": None, "message": None}
+                  for i, (point, s) in enumerate(pairs)]
+        params = _stack([jax.tree.map(jnp.asarray, init_params[s]) for _, s in pairs])
+        result = SweepResult(params=params, opt_state=None, models=models, records=[],
+                             grid={name: list(values) for name, values in grid.items()}, seeds=seed_list,
+                             shuffle=shuffle)
+    if result.opt_state is None:
+        hyper = {name: jnp.asarray([m[name] for m in result.models], jnp.float32) for name in result.grid}
+        result.opt_state = jax.vmap(lambda p, h: make_optimizer(h).init(p))(result.params, hyper)
+    result.static = static
+    return result
+
+
+def _resumed(resume: SweepResult, grid: Mapping[str, Sequence[float]], seed_list: list[int], shuffle: str,
+             epochs: int) -> SweepResult:
+    grid = {name: list(values) for name, values in grid.items()}
+    if (resume.grid, resume.seeds, resume.shuffle) != (grid, seed_list, shuffle):
+        raise ValueError(
+            f"resume holds a sweep of grid {resume.grid}, seeds {resume.seeds}, shuffle {resume.shuffle!r}, "
+            f"not grid {grid}, seeds {seed_list}, shuffle {shuffle!r}; resume with the settings that made it")
+    if epochs < resume.epochs_done:
+        raise ValueError(f"epochs={epochs} is fewer than the {resume.epochs_done} epochs the sweep has done; "
+                         f"pass epochs={resume.epochs_done} or more")
+    return dataclasses.replace(resume, models=[dict(m) for m in resume.models],
+                               records=[dict(r) for r in resume.records],
+                               epoch_seconds=list(resume.epoch_seconds), compile_seconds=0.0)
+
+
+def _active(result: SweepResult) -> np.ndarray:
+    """Which models still train (neither diverged nor at their target cost)."""
+    return np.array([m["stop_reason"] == "epochs" for m in result.models])
+
+
+def _model_mesh(mesh: Mesh | None, devices: Sequence[jax.Device] | None) -> Mesh:
+    """The one-axis ``"model"`` mesh of ``mesh``'s devices (flattened), or of ``devices``."""
+    if mesh is not None and devices is not None:
+        raise ValueError("pass mesh= or devices=, not both; a mesh already names its devices")
+    if mesh is not None:
+        return Mesh(np.asarray(mesh.devices).reshape(-1), (MODEL_AXIS,))
+    return Mesh(np.array(list(jax.devices() if devices is None else devices)), (MODEL_AXIS,))
+
+
+def _global(value: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host value every process holds whole: each process feeds its own devices."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _host(tree: Any) -> Any:
+    """The whole of each (sharded, perhaps over several processes) array, as numpy on this process."""
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+@dataclasses.dataclass
+class _Program:
+    """Where a sweep's models live: the mesh, each leaf's model axis, the padding to whole devices."""
+
+    mesh: Mesh
+    axes: TrainState
+    pad: np.ndarray  # the model held in each slot of the padded model axis
+    k: int
+    shuffle: str
+    n: int  # training examples
+
+    @classmethod
+    def build(cls, mesh: Mesh, result: SweepResult, first: Params, make_optimizer: Callable[[Hyper], Any],
+              shuffle: str, n: int) -> _Program:
+        k, size = len(result), mesh.devices.size
+        k_pad = -(-k // size) * size  # the grid padded with copies of its last model, trained and dropped
+        pad = np.concatenate([np.arange(k), np.full(k_pad - k, k - 1)]).astype(np.int32)
+        hyper0 = {name: jnp.float32(result.models[0][name]) for name in result.grid}
+        axes = TrainState(*model_axes(first, jax.eval_shape(make_optimizer(hyper0).init, first), shuffle=shuffle))
+        return cls(mesh, axes, pad, k, shuffle, n)
+
+    def sharding(self, spec: P) -> NamedSharding:
+        return NamedSharding(self.mesh, spec)
+
+    def place(self, result: SweepResult, train: Dataset, eval_data: Dataset | None) -> tuple[Any, Any, Any]:
+        """The state, hyperparameters and data on the mesh, each process feeding its own devices."""
+        hyper = {name: np.array([m[name] for m in result.models], np.float32) for name in result.grid}
+        state = TrainState(result.params, result.opt_state)
+        check_same_across_processes(  # each process feeds its own devices: they must hold the same sweep
+            "the sweep's data or starting state", fingerprint(train.x, train.y, *jax.tree.leaves(jax.device_get(
+                state)), *(() if eval_data is None else (eval_data.x, eval_data.y))),
+            "every process must load the same data with the same settings, and resume from the same sweep folder")
+        return self.place_state(result), self.by_model(hyper), self.data(train, eval_data)
+
+    def by_model(self, tree: Any) -> Any:
+        """Per-model host values (length ``K``), padded and split over the devices."""
+        return jax.tree.map(lambda v: _global(np.asarray(v)[self.pad], self.sharding(P(MODEL_AXIS))), tree)
+
+    def place_state(self, result: SweepResult) -> TrainState:
+        host = jax.tree.map(lambda leaf: np.asarray(leaf)[self.pad], TrainState(result.params, result.opt_state))
+        moved = jax.tree.map(lambda leaf, axis: np.moveaxis(leaf, 0, axis), host, self.axes)
+        return jax.tree.map(lambda leaf, axis: _global(leaf, self.sharding(_axis_spec(axis))), moved, self.axes)
+
+    def data(self, train: Dataset, eval_data: Dataset | None) -> tuple[jax.Array, ...]:
+        replicated = self.sharding(P())
+        x, y = _global(train.x, replicated), _global(train.y, replicated)
+        if eval_data is None:
+            return x, y, _global(np.asarray(train.x)[:0], replicated), _global(np.asarray(train.y)[:0], replicated)
+        return x, y, _global(eval_data.x, replicated), _global(eval_data.y, replicated)
+
+    def orders(self, result: SweepResult, epoch: int) -> jax.Array:
+        """Epoch ``epoch``'s batch orders: each model's own (``per_model``) or the first seed's."""
+        if self.shuffle == "shared":
+            key = seed_keys(result.seeds[0])[1]
+            return _global(shuffled_order(jax.random.fold_in(key, epoch), self.n), self.sharding(P()))
+        keys = [seed_keys(result.models[i]["seed"])[1] for i in self.pad]
+        return _global(np.stack([shuffled_order(jax.random.fold_in(key, epoch), self.n) for key in keys]),
+                       self.sharding(P(MODEL_AXIS)))
+
+    def run(self, compiled: Any, state: TrainState, hyper: Any, active: np.ndarray, data: tuple[jax.Array, ...],
+            orders: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """One epoch of the compiled program; the metrics of every model, on every process."""
+        x, y, ex, ey = data
+        active = self.by_model(active)
+        try:
+            state, metrics = jax.block_until_ready(compiled(state, hyper, active, x, y, orders, ex, ey))
+            return state, {name: np.asarray(value)[:self.k] for name, value in _host(metrics).items()}
+        except Exception as e:  # a collective that failed because a peer died: one line
+            if _is_peer_failure(e):
+                raise _peer_lost(e) from e
+            raise
+
+    def stacked(self, state: TrainState) -> tuple[Params, Any]:
+        """The unpadded ``(params, opt_state)``, model axis first (gathered from every process)."""
+        try:
+            state = _host(state)
+        except Exception as e:
+            if _is_peer_failure(e):
+                raise _peer_lost(e) from e
+            raise
+        state = jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, axis, 0), state, self.axes)
+        return tuple(state if len(self.pad) == self.k else _take(state, np.arange(self.k)))
+
+
+def _device_epoch(make_cost: Callable[[Hyper], Cost], make_optimizer: Callable[[Hyper], GradientTransformation],
+                  axes: TrainState, *, batch_size: int, n_classes: int, shuffle: str, predict_fn: Any,
+                  max_growth: float | None, has_eval: bool) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """One device's slice of the models: train an epoch, measure it, freeze what must stop.
+
+    """
     epoch_fn = make_sweep_epoch(make_cost, make_optimizer, batch_size=batch_size, n_classes=n_classes,
                                 shuffle=shuffle, param_axes=axes.params, state_axes=axes.opt_state)
 
@@ -550,12 +693,11 @@ def sweep(
     def all_finite(params: Params) -> jax.Array:
         return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
 
-    def sweep_epoch(state, hyper, active, x, y, orders, ex, ey):
-        # One device's slice of the models: train an epoch, measure it, freeze what must stop.
+    def sweep_epoch(state, hyper, active, x, y, orders, ex, ey):  # the compiled program's name
         new, finite = epoch_fn(state, hyper, x, y, orders)
         per_model = jax.vmap(measure, in_axes=(axes.params, 0, None, None))
         train_cost, train_acc = per_model(new.params, hyper, x, y)
-        if eval_data is not None:
+        if has_eval:
             eval_cost, eval_acc = per_model(new.params, hyper, ex, ey)
         else:
             eval_cost = eval_acc = jnp.full_like(train_cost, jnp.nan)
@@ -580,63 +722,42 @@ def sweep(
                    "eval_accuracy": eval_acc, "growth": growth, "params_finite": params_finite, "diverged": diverged}
         return state, metrics
 
-    order_spec = P("model") if shuffle == "per_model" else P()
-    program = jax.jit(jax.shard_map(
-        sweep_epoch, mesh=mesh, in_specs=(state_specs, P("model"), P("model"), P(), P(), order_spec, P(), P()),
-        out_specs=(state_specs, P("model"))))
+    return sweep_epoch
 
-    if shuffle == "per_model":
-        shuffle_keys = [seed_keys(s)[1] for s in (result.models[i]["seed"] for i in pad)]
-    else:
-        shared_key = seed_keys(seed_list[0])[1]
 
-    def orders_for(epoch: int) -> jax.Array:
-        if shuffle == "per_model":
-            return put(np.stack([shuffled_order(jax.random.fold_in(key, epoch), n) for key in shuffle_keys]),
-                       NamedSharding(mesh, order_spec))
-        return put(shuffled_order(jax.random.fold_in(shared_key, epoch), n), replicated)
-
-    active_np = np.array([result.models[i]["stop_reason"] == "epochs" for i in pad])
-    first_epoch = result.epochs_done
-    args = (state, hyper, put(active_np, by_model), x, y, orders_for(first_epoch), ex, ey)
+def _compile(result: SweepResult, program: _Program, body: Callable[..., Any], state: TrainState, hyper: Any,
+             data: tuple[jax.Array, ...]) -> Any:
+    """The sweep's epoch compiled once for its mesh; its compile time and memory go into ``result``."""
+    state_specs = jax.tree.map(_axis_spec, program.axes)
+    order_spec = P(MODEL_AXIS) if program.shuffle == "per_model" else P()
+    by_model = P(MODEL_AXIS)
+    jitted = jax.jit(jax.shard_map(
+        body, mesh=program.mesh, in_specs=(state_specs, by_model, by_model, P(), P(), order_spec, P(), P()),
+        out_specs=(state_specs, P(MODEL_AXIS))))
+    active = program.by_model(_active(result))
     start = time.perf_counter()
-    compiled = program.lower(*args).compile()
+    compiled = jitted.lower(state, hyper, active, *data[:2], program.orders(result, result.epochs_done),
+                            *data[2:]).compile()
+    if jax.process_count() > 1:  # the gathers of each epoch's state and measurements compile here too
+        program.stacked(state)
+        _host(program.by_model({"float": np.zeros(program.k, np.float32), "bool": np.zeros(program.k, bool)}))
     result.compile_seconds = time.perf_counter() - start
     result.memory = _memory(compiled)
-
-    for epoch in range(first_epoch, epochs):
-        if not active_np[:k].any():
-            break
-        orders = args[5] if epoch == first_epoch else orders_for(epoch)
-        start = time.perf_counter()
-        state, metrics = compiled(state, hyper, put(active_np, by_model), x, y, orders, ex, ey)
-        metrics = jax.device_get(metrics)
-        metrics.update(unmeasured_train_accuracy=predict_fn is None, unmeasured_eval_cost=eval_data is None,
-                       unmeasured_eval_accuracy=eval_data is None or predict_fn is None)
-        result.epoch_seconds.append(time.perf_counter() - start)
-        for i in range(k):
-            if active_np[i]:
-                _record(result, i, epoch + 1, metrics, target_cost, max_growth)
-        active_np = np.array([result.models[i]["stop_reason"] == "epochs" for i in pad])
-        stacked = _from_axes(state, axes)
-        result.params, result.opt_state = stacked if k_pad == k else _take(stacked, np.arange(k))
-        if on_epoch_end is not None:
-            on_epoch_end(SweepEpochEnd(epoch + 1, result))
-    return result
+    return compiled
 
 
-def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarray],
+def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarray], unmeasured: dict[str, bool],
             target_cost: float | None, max_growth: float | None) -> None:
     """Appends model ``i``'s record of ``epoch`` and updates its stop status."""
     model = result.models[i]
-    values = {name: float(metrics[name][i]) for name in _METRICS}
-    for name in ("train_accuracy", "eval_cost", "eval_accuracy"):
-        if metrics[f"unmeasured_{name}"]:  # no eval data, or no predict_fn for accuracy
+    values: dict[str, float | None] = {name: float(metrics[name][i]) for name in _METRICS}
+    for name, missing in unmeasured.items():
+        if missing:  # no eval data, or no predict_fn for accuracy
             values[name] = None
     status = "ok"
     if metrics["diverged"][i]:
         status = "diverged"
-        growth, cost = float(metrics["growth"][i]), values["train_cost"]
+        growth, cost = float(metrics["growth"][i]), float(metrics["train_cost"][i])
         if not metrics["params_finite"][i]:
             why = f"the parameters became NaN or infinite in epoch {epoch}"
         elif not math.isfinite(growth):
@@ -648,7 +769,7 @@ def _record(result: SweepResult, i: int, epoch: int, metrics: dict[str, np.ndarr
                    f"saturating the network (training cost {cost:.4g})")
         model.update(stop_reason="diverged", stop_epoch=epoch,
                      message=f"{why}; frozen at epoch {epoch - 1}; the learning rate is probably too large")
-    elif target_cost is not None and values["train_cost"] <= target_cost:
+    elif target_cost is not None and float(metrics["train_cost"][i]) <= target_cost:
         status = "target_cost"
         model.update(stop_reason="target_cost", stop_epoch=epoch,
                      message=f"the training cost {values['train_cost']:.4g} reached target_cost={target_cost}")

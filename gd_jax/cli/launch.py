@@ -1,24 +1,33 @@
-"""``gd-jax launch -n N train ...``: N processes of one data-parallel run on this machine.
+"""``gd-jax launch -n N train|sweep ...``: N processes of one run on this machine.
 
-Each process is ``python -m gd_jax train ... --coordinator 127.0.0.1:PORT --num-processes N
---process-id I``, with a free port; process 0 runs the coordinator and writes the run
-folder. The launcher waits for all of them: the first non-zero exit status is its own, and
-the other processes are then stopped (SIGTERM, then SIGKILL after a grace period), so that a
-failed run never leaves processes behind. This is the multi-host recipe run on one host: on
-several hosts, start the same command on each with ``--coordinator`` naming process 0.
+The command is validated once, before any process starts (a bad flag is one line and exit
+status 2, not one line per process). Each process is ``python -m gd_jax train ...
+--coordinator 127.0.0.1:PORT --num-processes N --process-id I``, with a free port; process 0
+runs the coordinator and writes the run (or sweep) folder. The launcher waits for all of
+them: the first non-zero exit status is its own, and the other processes are then stopped
+(SIGTERM, then SIGKILL after a grace period), so that a failed run never leaves processes
+behind. This is the multi-host recipe run on one host: on several hosts, start the same
+command on each with ``--coordinator`` naming process 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["add_launch_parser", "free_port", "launch", "run_launch"]
+from gd_jax.cli import sweep as sweep_command
+from gd_jax.cli import train as train_command
+from gd_jax.cli.flags import Parser, UsageError, add_data_and_device_flags
+
+__all__ = ["COMMANDS", "add_launch_parser", "check_command", "free_port", "launch", "run_launch"]
+
+COMMANDS = ("train", "sweep")  # what launch runs as several processes
 
 LOCALHOST = "127.0.0.1"
 GRACE_S = 5.0  # how long a stopped process may take to exit before it is killed
@@ -115,14 +124,54 @@ def run_launch(args: argparse.Namespace) -> int:
     n, command = args.launch_processes, list(args.launch_command)
     if n < 1:
         raise ValueError(f"-n must be a positive number of processes, got {n}; e.g. gd-jax launch -n 2 train")
-    if not command or command[0] != "train":
-        raise ValueError(f"gd-jax launch runs 'train' as {n} processes, got {' '.join(command) or 'no command'!r}; "
-                         "e.g. gd-jax launch -n 2 train --epochs 2")
+    if not command or command[0] not in COMMANDS:
+        raise ValueError(f"gd-jax launch runs 'train' or 'sweep' as {n} processes, got "
+                         f"{' '.join(command) or 'no command'!r}; e.g. gd-jax launch -n 2 train --epochs 2")
     own = [f for f in ("--coordinator", "--num-processes", "--process-id")
            if any(a == f or a.startswith(f + "=") for a in command)]
     if own:
         raise ValueError(f"gd-jax launch sets {own[0]} itself; drop it (to start processes by hand, run "
-                         "gd-jax train --coordinator HOST:PORT --num-processes N --process-id I on each)")
+                         f"gd-jax {command[0]} --coordinator HOST:PORT --num-processes N --process-id I on each)")
     if args.port is not None and not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    check_command(command)
     return launch(command, n, port=args.port)
+
+
+def _command_parser() -> Parser:
+    parser = Parser(prog="gd-jax")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train_command.add_parser(commands)
+    sweep_parser = commands.add_parser("sweep")
+    sweep_command.add_sweep_arguments(sweep_parser)
+    add_data_and_device_flags(sweep_parser)
+    return parser
+
+
+def check_command(command: Sequence[str]) -> None:
+    """Validates a ``train`` or ``sweep`` command line once, as each process would, before any starts.
+
+    Checks the flags and their values (what needs no data and no folder: a resumed run's
+    saved settings are checked by the processes).
+
+    Raises:
+      UsageError: the first mistake, in one line naming the fix.
+    """
+    args = _command_parser().parse_args(list(command))
+    if getattr(args, "resume", None) is not None:
+        return
+    checks: dict[str, Callable[[dict], None]] = {"train": train_command._check_flags,
+                                                  "sweep": sweep_command.check_settings}
+    names = train_command.SETTINGS if args.command == "train" else sweep_command.SETTINGS
+    settings = {name: getattr(args, name) for name in names}
+    try:
+        checks[args.command]({**settings, "download": args.download})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for name in ("epochs", "batch_size"):
+        if not isinstance(settings[name], int) or settings[name] < (0 if name == "epochs" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {0 if name == 'epochs' else 1}, "
+                             f"got {settings[name]}")
+    target = settings.get("target_cost")
+    if target is not None and not (math.isfinite(target) and target >= 0):
+        raise UsageError(f"--target-cost must be a finite number >= 0, got {target}; e.g. --target-cost 0.01")

@@ -129,7 +129,7 @@ def _run(argv: Sequence[str] | None) -> int:
             with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
                 return launch.run_launch(args)
         use_compile_cache(compile_cache_folder(args.no_compile_cache))
-        args.mesh = _start_parallel(args) if args.command == "train" else None
+        args.mesh = _start_parallel(args) if args.command in ("train", "sweep") else None
         platforms = jax.config.jax_platforms  # type: ignore[attr-defined]
         try:
             device = select_device(args.device)

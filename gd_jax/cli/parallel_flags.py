@@ -29,9 +29,9 @@ def add_parallel_arguments(parser: Any) -> None:
     """Adds ``--devices`` and the multi-process flags to an ``argparse`` parser."""
     group = parser.add_argument_group("devices and processes (see README, More devices and hosts)")
     group.add_argument("--devices", type=_devices_flag, default=None, metavar="N|all",
-                       help="train data-parallel on N devices of each process (all: every one; on a CPU-only "
-                            "machine N CPU devices are made, all = one per core); the batch size must divide by "
-                            "the total device count")
+                       help="use N devices of each process (all: every one; on a CPU-only machine N CPU devices are "
+                            "made, all = one per core): train runs data-parallel (the batch size must divide by the "
+                            "total device count), sweep spreads its models over them")
     group.add_argument("--coordinator", metavar="HOST:PORT",
                        help="address of process 0 in a multi-process run (with --num-processes, --process-id)")
     group.add_argument("--num-processes", type=int, default=None, metavar="N", help="processes in the run")
@@ -67,8 +67,8 @@ def start_parallel(args: Any) -> Mesh | None:
             initialize_distributed(args.coordinator, args.num_processes, args.process_id, local_devices=local)
         finally:
             watchdog.cancel()
-        args.peer_watch = watch_peers(args.process_id, args.num_processes,
-                                      on_lost=lambda e: exit_peer_lost(e, resume=getattr(args, "run_folder", None)))
+        args.peer_watch = watch_peers(args.process_id, args.num_processes, on_lost=lambda e: exit_peer_lost(
+            e, resume=getattr(args, "run_folder", None), command=getattr(args, "command", "train")))
     elif local is not None:
         use_cpu_devices(local)
     if args.devices is None and distributed[0] is None:
@@ -76,13 +76,16 @@ def start_parallel(args: Any) -> Mesh | None:
     return data_mesh(None if args.devices in (None, "all") else args.devices)
 
 
-def exit_peer_lost(error: PeerLostError, resume: str | None = None) -> None:
+def exit_peer_lost(error: PeerLostError, resume: str | None = None, command: str = "train") -> None:
     """Prints ``error`` as one line and ends the process at once with ``EXIT_PEER_LOST``.
+
+    With ``resume`` (the run or sweep folder) the line ends with how to continue it
+    (``gd-jax launch -n N COMMAND --resume FOLDER``).
 
     ``os._exit`` skips ``jax.distributed``'s shutdown, which would otherwise wait for the
     lost peer and then abort the process with pages of runtime logs.
     """
-    hint = f"; continue with: gd-jax launch -n {jax.process_count()} train --resume {resume}" if resume else ""
+    hint = f"; continue with: gd-jax launch -n {jax.process_count()} {command} --resume {resume}" if resume else ""
     print(f"gd-jax: error: {error}{hint}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_PEER_LOST)

@@ -14,7 +14,11 @@ from gd_jax._src.serialization import describe_file
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds ``gd-jax predict``'s arguments to ``parser`` (a sub-command's parser); returns it."""
-    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz)")
+    parser.add_argument("run", help="a run folder written by `gd-jax train` (or its params.npz), or a sweep folder "
+                                    "with --model")
+    parser.add_argument("--model", default=None, metavar="K",
+                        help="with a sweep folder: its model K (an index) or coordinates such as "
+                             "learning_rate=3,seed=1 (without it, the models are listed)")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="PNG or JPEG files of single digits, any size, dark-on-light or light-on-dark; a folder "
                              "stands for every image in it, a quoted glob such as 'digits/*.png' for its matches")
@@ -37,7 +41,7 @@ def run_predict(args: argparse.Namespace) -> int:
     stdout).
     """
     try:
-        network = load_trained_network(args.run)
+        network = load_trained_network(args.run, model=args.model)
     except (ValueError, FileNotFoundError) as e:
         swapped = os.path.isfile(args.run) and (describe_file(args.run) or "").startswith("an image")
         hint = "; the run comes first: gd-jax predict RUN IMAGE..." if swapped else ""

@@ -51,7 +51,7 @@ import gd_jax
 from gd_jax._src.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_manifest
 from gd_jax._src.extras import require
 from gd_jax._src.plotting import RUN_FIGURES, plot_history, write_run_figures
-from gd_jax._src.serialization import atomic_write_bytes
+from gd_jax._src.serialization import atomic_write_bytes, read_json_object
 from gd_jax._src.tensorboard import write_run_events
 
 __all__ = [
@@ -138,15 +138,8 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
       BadInput: it cannot be read, is not JSON, or holds no dict.
     """
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BadInput(f"cannot read {path!r} ({e}); it is damaged: start a new run") from None
-    if not isinstance(value, dict):
-        raise BadInput(f"{path!r} does not hold a run config; start a new run")
-    return value
+    with bad_input():
+        return read_json_object(path, fix="start a new run")
 
 
 def _stale_temporaries(folder: str) -> list[str]:
@@ -405,6 +398,9 @@ def command_settings(args: Any, given: set[str], *, settings: Sequence[str], may
         if flag in given:
             raise BadInput(f"--{flag} cannot be combined with --resume: --resume {args.resume} continues the "
                            f"{what} in {args.resume} itself; drop --{flag}")
+    if what == "run" and os.path.isfile(os.path.join(args.resume, "sweep.json")):
+        raise BadInput(f"{args.resume!r} is a sweep folder, not a run folder; continue it with: gd-jax sweep --resume "
+                       f"{args.resume}")
     written = {k: getattr(args, k) for k in given if k in settings}
     resumed, saved, checkpoint = resume_settings(args.resume, written, settings=settings, may_change=may_change,
                                                  defaults=defaults)

@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,15 +45,19 @@ import gd_jax as gd
 from gd_jax._src.checkpoint import load_checkpoint, save_checkpoint
 from gd_jax._src.costs import COSTS
 from gd_jax._src.data.mnist import load_mnist
+from gd_jax._src.distributed import is_writer
 from gd_jax._src.network import ACTIVATIONS, INITS
+from gd_jax._src.parallel import PeerLostError
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax._src.sweep import SweepResult, grid_points, sweep
-from gd_jax._src.tensorboard import write_run_events
+from gd_jax._src.sweep_figures import plot_sweep
+from gd_jax._src.tensorboard import LiveEvents, write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import runs
 from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
-from gd_jax.cli.runs import BadInput, bad_input
+from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
+from gd_jax.cli.runs import BadInput, bad_input, plural
 
 SWEEP_FILES = ("sweep.json", "sweep.csv", "accuracy.png", "costs.png")
 # What defines a sweep, saved in config.json and in every checkpoint.
@@ -118,9 +123,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing sweep folder")
     parser.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR from its newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_arguments(parser)
 
 
-def _check_settings(s: dict[str, Any]) -> None:
+def check_settings(s: dict[str, Any]) -> None:
+    """The flag values a sweep is defined by, each checked in the flags' words (``BadInput``, one line)."""
     for rate in s["learning_rate"]:
         if not (math.isfinite(rate) and rate > 0):
             raise BadInput(f"--eta {rate:g} is not a positive finite number; the textbook uses 3.0")
@@ -184,69 +191,46 @@ def write_sweep_events(result: Any, out: str, config: dict[str, Any]) -> list[st
     Each model's run holds its per-epoch scalars (its rows of ``result.records``) and its
     hyperparameters: the sweep's settings with the model's own grid values and seed.
     """
-    shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
     written = []
-    for i, model in enumerate(result.models):
-        own = {name: model[name] for name in result.grid}
-        epochs = [{k: v for k, v in r.items() if k not in ("model", "seed", "status", *result.grid)}
-                  for r in result.records if r["model"] == i]
-        folder = os.path.join(out, TENSORBOARD, f"model-{i:03d}")
+    for i in range(len(result.models)):
+        folder = _model_events_folder(out, i)
         os.makedirs(folder, exist_ok=True)
-        written.append(write_run_events(folder, {"epochs": epochs}, {**shared, **own, "seed": model["seed"]}))
+        written.append(write_run_events(folder, {"epochs": _model_epochs(result, i)}, _model_config(result, i, config)))
     return written
 
 
-def plot_sweep(result: Any, out: str, *, metric: str = "eval_accuracy") -> None:
-    """Writes ``accuracy.png`` (final ``metric`` against each swept value, mean and spread over the
-    seeds, each seed a dot) and ``costs.png`` (every model's training cost per epoch), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _model_events_folder(out: str, i: int) -> str:
+    return os.path.join(out, TENSORBOARD, f"model-{i:03d}")
 
 
-    def save(fig, name: str) -> None:
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write_bytes(os.path.join(out, name), png.getvalue())
+def _model_config(result: Any, i: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's settings with model ``i``'s own grid values and seed (its HParams)."""
+    shared = {k: v for k, v in config.items() if k not in ("grid", "segments", "data_sha256", "seeds")}
+    return {**shared, **{name: result.models[i][name] for name in result.grid}, "seed": result.models[i]["seed"]}
 
-    finals = result.final(metric)
-    names = list(result.grid)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), constrained_layout=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
-        values = sorted(result.grid[name])
-        per_value = [[100 * finals[m["model"]] for m in result.models
-                      if m[name] == v and finals[m["model"]] is not None] for v in values]
-        for v, ys in zip(values, per_value):
-            ax.scatter([v] * len(ys), ys, color="C0", alpha=0.35, s=14)
-        means = [np.mean(ys) if ys else np.nan for ys in per_value]
-        spread = [np.std(ys) if ys else np.nan for ys in per_value]
-        ax.errorbar(values, means, yerr=spread, color="C1", marker="o", capsize=4, label="mean ± std over seeds")
-        positive = all(v > 0 for v in values)
-        if positive and len(values) > 1 and max(values) / min(values) >= 20:
-            ax.set_xscale("log")
-        ax.set(xlabel=name, ylabel=f"final {metric.replace('_', ' ')} (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save(fig, "accuracy.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    first = names[0]
-    colours = {v: f"C{i % 10}" for i, v in enumerate(sorted(result.grid[first]))}
-    labelled = set()
-    for m in result.models:
-        records = [r for r in result.records if r["model"] == m["model"] and r["status"] != "diverged"]
-        if records:
-            v = m[first]
-            ax.plot([r["epoch"] for r in records], [r["train_cost"] for r in records], color=colours[v], alpha=0.6,
-                    label=None if v in labelled else f"{first} = {v:g}")
-            labelled.add(v)
-    ax.set(xlabel="epoch", ylabel="training cost", title=f"{len(result)} models")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    save(fig, "costs.png")
+def _model_epochs(result: Any, i: int, epoch: int | None = None) -> list[dict[str, Any]]:
+    """Model ``i``'s records (of ``epoch`` only, when given) as history records."""
+    return [{k: v for k, v in r.items() if k not in ("model", "seed", "status", *result.grid)}
+            for r in result.records if r["model"] == i and (epoch is None or r["epoch"] == epoch)]
+
+
+class _LiveSweepEvents:
+    """One live TensorBoard stream per model (``LiveEvents``), each epoch's scalars flushed as it ends."""
+
+    def __init__(self, result: SweepResult, out: str, config: dict[str, Any], *, enabled: bool):
+        self.streams = [LiveEvents(_model_events_folder(out, i), _model_config(result, i, config),
+                                   history={"epochs": _model_epochs(result, i)}, enabled=enabled)
+                        for i in range(len(result))] if enabled else []
+
+    def epoch(self, result: SweepResult, epoch: int) -> None:
+        for i, stream in enumerate(self.streams):
+            for record in _model_epochs(result, i, epoch):
+                stream.epoch(record)
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
 
 
 def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | None = None) -> int:
@@ -256,6 +240,12 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
     Returns the exit status; bad input raises ``runs.BadInput`` (one line, status 2, in ``gd-jax``).
     """
     out, plan = _prepare(args, given, command or ["gd-jax", "sweep"])
+    args.run_folder = out  # named in the one line a lost peer ends this process with
+    if not is_writer():  # processes 1.. of a multi-process sweep train their devices' models and write nothing
+        try:
+            return _follow(plan)
+        except PeerLostError as e:
+            exit_peer_lost(e, resume=out, command="sweep")
     if args.resume is not None:
         folder = runs.open_run_folder(out)
         folder.write_json(runs.CONFIG, plan["config"])
@@ -270,6 +260,9 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
     with folder:
         try:
             return _run(args, plan, folder)
+        except PeerLostError as e:
+            exit_peer_lost(e, resume=folder.path, command="sweep")
+            raise  # not reached: exit_peer_lost ends the process
         except KeyboardInterrupt:
             if getattr(args, "debug", False):
                 traceback.print_exc()
@@ -283,9 +276,9 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     """Validates everything a sweep needs, writing nothing; returns its folder and plan."""
     out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, what="sweep")
-    if args.resume is None:
+    if args.resume is None and is_writer():  # in a multi-process sweep, process 0 alone writes the folder
         runs.check_out(out, overwrite=args.overwrite)
-    _check_settings(settings)
+    check_settings(settings)
     grid = _grid(settings)
     init = functools.partial(gd.init_mlp, sizes=settings["sizes"], init=settings["init"])
     with bad_input():
@@ -305,7 +298,8 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
               "data_sha256": runs.data_fingerprint(datasets), "segments": [dict(x) for x in saved.get("segments", [])]}
     resume, done = None, 0
     kwargs = dict(grid=grid, seeds=settings["seeds"], make_optimizer=make_optimizer, make_cost=make_cost,
-                  batch_size=settings["batch_size"], shuffle=settings["shuffle"], activation=settings["activation"])
+                  batch_size=settings["batch_size"], shuffle=settings["shuffle"], activation=settings["activation"],
+                  mesh=getattr(args, "mesh", None))
     if checkpoint is not None:
         fresh = sweep(init, train, epochs=0, **kwargs)
         with bad_input():
@@ -324,12 +318,86 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     config["segments"].append(runs.environment(command, first_epoch=done + 1))
     models = len(grid_points(grid)) * len(settings["seeds"])
     return out, {"settings": settings, "config": config, "init": init, "train": train, "eval_data": eval_data,
-                 "kwargs": kwargs, "resume": resume, "done": done, "models": models}
+                 "kwargs": kwargs, "test": test, "resume": resume, "done": done, "models": models}
+
+
+def _follow(plan: dict[str, Any]) -> int:
+    """Processes 1.. of a multi-process sweep: train in step with process 0, which writes everything."""
+    s = plan["settings"]
+    try:
+        result = sweep(plan["init"], plan["train"], epochs=s["epochs"], eval_data=plan["eval_data"],
+                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=plan["resume"],
+                       **plan["kwargs"])
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # process 0 reports it
+    return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in result.models) else 0
+
+
+class _SweepProgress(runs.EpochProgress):
+    """``train``'s progress (a bar on a terminal, one plain line per epoch otherwise) for a whole sweep."""
+
+    def describe(self, record: Mapping[str, Any]) -> str:
+        best = f"best {self.eval_name} accuracy {record['best']:.4f}" if record["best"] is not None else "no model left"
+        return f"{record['models']}, {best}, {record['diverged']} diverged"
+
+
+def _epoch_record(result: SweepResult, epoch: int) -> dict[str, Any]:
+    finals = [a for a in result.final("eval_accuracy") if a is not None and math.isfinite(a)]
+    return {"epoch": epoch, "seconds": result.epoch_seconds[-1] if result.epoch_seconds else 0.0,
+            "models": plural(len(result), "model"), "best": max(finals) if finals else None,
+            "diverged": sum(m["stop_reason"] == "diverged" for m in result.models)}
+
+
+def _coords(point: dict[str, Any], grid: dict[str, list[float]]) -> str:
+    return ", ".join(f"{n}={point[n]:g}" for n in grid)
+
+
+def _diverged_line(result: SweepResult, folder: str) -> str:
+    """One line: which grid points diverged (with their seeds), why, and the fix."""
+    diverged = [m for m in result.models if m["stop_reason"] == "diverged"]
+    points: dict[str, list[int]] = {}
+    for m in diverged:
+        points.setdefault(_coords(m, result.grid), []).append(m["seed"])
+    listed = "; ".join(f"{p} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for p, s in points.items())
+    smaller = min(m["learning_rate"] for m in diverged) / 10
+    every = len(diverged) == len(result)
+    what = "every model diverged" if every else f"{len(diverged)} of {plural(len(result), 'model')} diverged"
+    return (f"gd-jax: {what}: {listed}; the learning rate is probably too large: try --eta {smaller:g} or smaller "
+            f"in a new sweep (sweep.json says how each diverged); the sweep folder {folder} keeps their records")
+
+
+def _best_line(result: SweepResult, plan: dict[str, Any]) -> str:
+    """The best grid point, and on what it was chosen (an honest selection says so)."""
+    s, grid = plan["settings"], result.grid
+    if not any(a is not None for a in result.final("eval_accuracy")):
+        return ""
+    best = result.best("eval_accuracy")
+    seeds = f"over {plural(best['n'], 'seed')}"
+    if not s["validation"]:
+        return (f"best: {_coords(best, grid)}, test accuracy {best['mean']:.4f} ± {best['std']:.4f} {seeds}, chosen "
+                f"on the test set (so this flatters it; pass --validation to choose on held-out data and test once); ")
+    members = [i for i in result.select(**{n: best[n] for n in grid})
+               if result.models[i]["stop_reason"] != "diverged"] or result.select(**{n: best[n] for n in grid})
+    cost = plan["kwargs"]["make_cost"]({n: best[n] for n in grid})
+    tests = [gd.evaluate(result.model_params(i), plan["test"], cost=cost, activation=s["activation"])[1]
+             for i in members]
+    return (f"best on validation: {_coords(best, grid)}, validation accuracy {best['mean']:.4f} {seeds}; tested once: "
+            f"test accuracy {np.mean(tests):.4f} ± {np.std(tests):.4f}; ")
 
 
 def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder) -> int:
     """Trains the sweep and writes its folder (everything is validated by now)."""
-    s, config, k = plan["settings"], plan["config"], plan["models"]
+    s, config = plan["settings"], plan["config"]
+    resume = plan["resume"]
+    if resume is not None and resume.epochs_done >= s["epochs"]:
+        print(f"gd-jax: {folder.path} is already complete: {plural(resume.epochs_done, 'epoch')} of "
+              f"{s['epochs']}; nothing to train (pass a larger --epochs to continue it)", file=sys.stderr)
+        return _finish(args, plan, folder, resume, trained=False)
+    if resume is not None and all(m["stop_reason"] != "epochs" for m in resume.models):
+        print(f"gd-jax: every model of {folder.path} has stopped (diverged or reached --target-cost) by epoch "
+              f"{resume.epochs_done}; nothing to resume: start a new sweep (sweep.json says why each stopped)",
+              file=sys.stderr)
+        return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in resume.models) else 0
 
     def save(result: SweepResult) -> None:
         with runs.interrupts_deferred():  # the checkpoint and the tables of one epoch, together
@@ -341,43 +409,49 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
             atomic_write_bytes(folder.file("sweep.csv"), result.to_csv().encode())
             plan["done"] = result.epochs_done
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=s["epochs"], initial=plan["done"], unit="epoch", disable=args.no_progress, file=sys.stderr,
-               dynamic_ncols=True, desc=f"{k} models")
+    progress = _SweepProgress(s["epochs"], plan["done"], eval_name=config["eval_data"], enabled=not args.no_progress)
+    start = resume if resume is not None else sweep(plan["init"], plan["train"], epochs=0, **plan["kwargs"])
+    events = _LiveSweepEvents(start, folder.path, config, enabled=not args.no_tensorboard)
 
     def on_epoch_end(end: Any) -> None:
         save(end.result)
-        finals = [a for a in end.result.final("eval_accuracy") if a is not None]
-        diverged = sum(m["stop_reason"] == "diverged" for m in end.result.models)
-        bar.set_postfix(best_acc=f"{max(finals):.4f}" if finals else "-", diverged=diverged)
-        bar.update(end.epoch - bar.n)
+        events.epoch(end.result, end.epoch)  # TensorBoard follows the sweep
+        progress.epoch_end(_epoch_record(end.result, end.epoch))
 
     try:
-        if plan["resume"] is not None:
+        if resume is not None:
             print(f"gd-jax: resuming {folder.path} after epoch {plan['done']} of {s['epochs']}", file=sys.stderr)
         result = sweep(plan["init"], plan["train"], epochs=s["epochs"], eval_data=plan["eval_data"],
-                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=plan["resume"],
+                       target_cost=s["target_cost"], max_growth=s["max_growth"], resume=resume,
                        on_epoch_end=on_epoch_end, **plan["kwargs"])
         if not result.epochs_done:
             save(result)
-        with runs.interrupts_deferred():
-            plot_sweep(result, folder.path)
-            if not args.no_tensorboard:
-                write_sweep_events(result, folder.path, config)
     finally:
-        bar.close()
+        progress.close()
+        events.close()
+    return _finish(args, plan, folder, result, trained=True)
 
-    diverged = [m for m in result.models if m["stop_reason"] == "diverged"]
-    grid = result.grid
-    for m in diverged:
-        coords = ", ".join(f"{n}={m[n]:g}" for n in grid)
-        print(f"gd-jax: model {m['model']} ({coords}, seed {m['seed']}) diverged: {m['message']}", file=sys.stderr)
-    summary = (f"{k} models, {result.epochs_done} epochs in {sum(result.epoch_seconds):.1f} s (compile "
-               f"{result.compile_seconds:.1f} s); ")
-    if any(a is not None for a in result.final("eval_accuracy")):
-        best = result.best("eval_accuracy")
-        coords = ", ".join(f"{n}={best[n]:g}" for n in grid)
-        summary += f"best: {coords}, eval accuracy {best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds; "
-    print(f"{summary}{len(diverged)} diverged; sweep folder {folder.path}")
-    return EXIT_DIVERGED if len(diverged) == k else 0
+
+def _finish(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder, result: SweepResult, *,
+            trained: bool) -> int:
+    """Writes the figures and TensorBoard files, prints the summary; returns the exit status."""
+    config, k = plan["config"], len(result)
+    with runs.interrupts_deferred():
+        plot_sweep(result, folder.path, title=_title(plan["settings"]))
+        if not args.no_tensorboard:
+            write_sweep_events(result, folder.path, config)
+    diverged = sum(m["stop_reason"] == "diverged" for m in result.models)
+    if diverged:
+        print(_diverged_line(result, folder.path), file=sys.stderr)
+    if diverged == k:
+        return EXIT_DIVERGED
+    done = plural(result.epochs_done, "epoch")
+    timing = (f"{done} in {sum(result.epoch_seconds):.1f} s (compile {result.compile_seconds:.1f} s)" if trained
+              else f"{done}, already complete")
+    print(f"{plural(k, 'model')}, {timing}; {_best_line(result, plan)}{diverged} diverged; sweep folder {folder.path}")
+    return 0
+
+
+def _title(s: dict[str, Any]) -> str:
+    return (f"{','.join(map(str, s['sizes']))} {s['activation']}, {s['cost']} cost, batch {s['batch_size']}, "
+            f"{plural(len(s['seeds']), 'seed')}")

@@ -25,6 +25,7 @@ from gd_jax._src.distributed import is_writer
 from gd_jax._src.network import ACTIVATIONS, INITS
 from gd_jax._src.parallel import PeerLostError, check_batch_size
 from gd_jax._src.seeds import SEED_LIMIT, is_seed, seed_key
+from gd_jax._src.tensorboard import LiveEvents
 from gd_jax._src.train import DivergenceError, check_fit_arguments
 from gd_jax.cli import runs
 from gd_jax.cli.flags import (
@@ -337,10 +338,13 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
 
     progress = runs.EpochProgress(s["epochs"], plan.done, eval_name=config["eval_data"], enabled=not args.no_progress)
     live = {"history": history if history is not None else gd.History()}
+    # TensorBoard follows the run: each epoch's scalars are flushed as it ends (a resumed stream goes on).
+    events = LiveEvents(folder.path, config, history=history, enabled=not args.no_tensorboard)
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
         save(end.epoch, end.state, end.history, end.best_params)
         live["history"] = end.history
+        events.epoch(end.history.epochs[-1])
         progress.epoch_end(end.history.epochs[-1])
 
     def finish_segment() -> None:
@@ -373,6 +377,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         raise
     finally:
         progress.close()
+        events.close()
 
     test = plan.test
     test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=s["activation"])
