@@ -18,6 +18,7 @@ import pytest
 import gd_jax as gd
 from gd_jax import cli
 from gd_jax.cli import bench
+from gd_jax.cli.bench import variants  # noqa: F401  (bench.variants below)
 from gd_jax.cli.runs import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -83,8 +84,8 @@ def test_relative_error_is_the_difference_over_the_movement():
     initial = [{"w": np.zeros((2, 2)), "b": np.zeros(2)}]
     reference = [{"w": np.full((2, 2), 2.0), "b": np.ones(2)}]
     variant = [{"w": np.full((2, 2), 2.0), "b": np.array([1.0, 1.5])}]
-    assert bench._relative_error(variant, reference, initial) == pytest.approx(0.5 / 2.0)
-    assert bench._relative_error(reference, reference, initial) == 0.0
+    assert bench.variants.relative_error(variant, reference, initial) == pytest.approx(0.5 / 2.0)
+    assert bench.variants.relative_error(reference, reference, initial) == 0.0
 
 
 def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(tiny_result):
@@ -167,12 +168,12 @@ def test_targets_are_ratios_of_the_measured_medians(tiny_result):
 
 def _wrong_numpy(problem):
     """vectorized_numpy with a learning rate 1% too large: a variant that is fast because it is wrong."""
-    return bench._build_vectorized_numpy(dataclasses.replace(
+    return bench.variants._build_vectorized_numpy(dataclasses.replace(
         problem, config=dataclasses.replace(problem.config, learning_rate=problem.config.learning_rate * 1.01)))
 
 
 def test_a_variant_that_computes_another_epoch_is_reported_wrong_and_kept_out_of_ratios(monkeypatch):
-    monkeypatch.setitem(bench._BUILDERS, "vectorized_numpy", _wrong_numpy)
+    monkeypatch.setitem(bench.variants.BUILDERS, "vectorized_numpy", _wrong_numpy)
     config = dataclasses.replace(TINY, variants=("gd_jax", "vectorized_numpy"), time_to_accuracy=False,
                                  per_example_batch=0)
     r = bench.run(config)
