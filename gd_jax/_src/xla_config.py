@@ -17,7 +17,9 @@ whether gd_jax chose them, and why.
 
 The choice (``cpu_settings``) rests on ``experiments/benchmarks/xla_flags.py``, which times
 each setting in fresh processes, interleaved; its results are committed under
-``experiments/benchmarks/results/``. Only settings that measured faster are used: the XLA
+``experiments/benchmarks/results/`` (2026-12-07, loaded 2-core machine: one thread 1.1-2.0x faster at
+batch 10, 0.9x at 32, 0.5-0.8x at 1000; noisy, so the line is drawn low). Only settings that measured
+faster are used: the XLA
 flags tried there (``xla_cpu_multi_thread_eigen``, ``xla_cpu_use_fusion_emitters``,
 ``xla_cpu_use_thunk_runtime``) were not, and are not set.
 """
@@ -31,7 +33,7 @@ from gd_jax._src.jax_internals import backend_started
 
 __all__ = ["SMALL_WORK", "configure_cpu", "cpu_settings", "describe"]
 
-SMALL_WORK = 32
+SMALL_WORK = 16
 """Rows per step (batch size times models trained together) up to which one XLA thread is faster."""
 _CHOICE = "GD_JAX_XLA_CHOICE"  # where the choice is noted for describe(): the process's environment, as XLA's own
 _KEYS = ("XLA_FLAGS", "NPROC")

@@ -178,7 +178,7 @@ def _md_header(result: dict[str, Any]) -> list[str]:
              f"- load average (1 min) during the run: {min(loads):.2f} to {max(loads):.2f}",
              f"- XLA: `XLA_FLAGS={xla.get('XLA_FLAGS') or ''}`, `NPROC={xla.get('NPROC') or ''}` "
              f"({xla.get('chosen_by', 'as the environment set it')})",
-             f"- network {c['sizes']}, {c['cost']} cost, eta {c['learning_rate']}, {c['rows']:,} rows, "
+             f"- network {list(c['sizes'])}, {c['cost']} cost, eta {c['learning_rate']}, {c['rows']:,} rows, "
              f"median of {c['repeats']} interleaved epochs"]
     if result.get("load_warning"):
         lines += ["", f"**{result['load_warning']}**"]
