@@ -17,9 +17,8 @@ whether gd_jax chose them, and why.
 
 The choice (``cpu_settings``) rests on ``experiments/benchmarks/xla_flags.py``, which times
 each setting in fresh processes, interleaved; its results are committed under
-``experiments/benchmarks/results/`` (2026-12-07, loaded 2-core machine: one thread 1.1-2.0x faster at
-batch 10, 0.9x at 32, 0.5-0.8x at 1000; noisy, so the line is drawn low). Only settings that measured
-faster are used: the XLA
+``experiments/benchmarks/results/`` (``*-xla-flags-*.json``; rerun it to see the figures on your
+machine). Only settings that measured faster are used: the XLA
 flags tried there (``xla_cpu_multi_thread_eigen``, ``xla_cpu_use_fusion_emitters``,
 ``xla_cpu_use_thunk_runtime``) were not, and are not set.
 """
