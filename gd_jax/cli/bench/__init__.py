@@ -100,6 +100,7 @@ from gd_jax.cli.bench.report import compare_results, format_markdown, format_tab
 from gd_jax.cli.bench.time_to_accuracy import measure_time_to_accuracy
 from gd_jax.cli.bench.timing import Timing, describe_machine, git_commit, load_note
 from gd_jax.cli.bench.variants import step_kernels
+from gd_jax.cli.flags import compile_cache_folder, use_compile_cache
 from gd_jax.cli.runs import BadInput, bad_input
 
 __all__ = [
@@ -314,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gd-jax bench", description=(__doc__ or "").splitlines()[0])
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
+    use_compile_cache(compile_cache_folder())  # as ``gd-jax bench``: time to accuracy with the persistent cache
     try:
         return run_bench(args, "python -m gd_jax.cli.bench " + " ".join(sys.argv[1:] if argv is None else argv))
     except BadInput as e:
