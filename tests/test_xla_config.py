@@ -11,7 +11,8 @@ from gd_jax._src import xla_config
 
 
 @pytest.mark.parametrize(("batch_size", "models", "want"), [
-    (10, 1, {"NPROC": "1"}), (16, 1, {"NPROC": "1"}), (17, 1, {}), (32, 1, {}), (128, 1, {}), (1000, 1, {}), (10, 16, {}),
+    (10, 1, {"NPROC": "1"}), (16, 1, {"NPROC": "1"}), (17, 1, {}), (32, 1, {}), (128, 1, {}), (1000, 1, {}),
+    (10, 16, {}),
 ])
 def test_one_thread_for_small_steps_xla_defaults_otherwise(batch_size, models, want):
     assert xla_config.cpu_settings(batch_size, models) == want

@@ -176,6 +176,7 @@ def run(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dic
     result["load_average_end"] = list(os.getloadavg())
     loads = [result["load_average_start"][0], result["load_average_end"][0]]
     loads += [v for t in result["batch_sizes"] for v in (t["load_average"][0], t["load_average_before"][0])]
+    result["load_averages"] = loads  # every 1-minute load average the run read
     result["load_warning"] = load_note(loads, os.cpu_count())
     result["wall_seconds"] = time.time() - started
     result["process_cpu_seconds"] = time.process_time() - cpu_started  # what the run cost, whatever the load

@@ -167,8 +167,8 @@ def _md_header(result: dict[str, Any]) -> list[str]:
     m, c, v = result["machine"], result["config"], result["machine"]["versions"]
     source = result.get("source") or {}
     commit = (source.get("commit") or "unknown")[:10] + (" (with uncommitted changes)" if source.get("dirty") else "")
-    loads = [result["load_average_start"][0], result["load_average_end"][0]] + \
-        [t["load_average"][0] for t in result["batch_sizes"]]
+    loads = result.get("load_averages") or [result["load_average_start"][0], result["load_average_end"][0]] + [
+        t[k][0] for t in result["batch_sizes"] for k in ("load_average", "load_average_before") if k in t]
     xla = m.get("xla") or {}
     lines = [f"Measured {result['started']} by `{result.get('command', 'gd-jax bench')}` at commit {commit}.",
              "",
@@ -208,7 +208,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     if result.get("targets"):
         lines += ["", "| target | measured (median) | of the minimums | goal | |", "| --- | ---: | ---: | ---: | --- |"]
         for t in result["targets"]:
-            lines.append(f"| {t['target']} | {t['value']:.3g} | {_fmt(t['value_of_mins'], '.3g')} | {t['goal']:g} "
+            name = t["target"].replace("|", "\\|")  # a literal bar inside a markdown cell
+            lines.append(f"| {name} | {t['value']:.3g} | {_fmt(t['value_of_mins'], '.3g')} | {t['goal']:g} "
                          f"| {'met' if t['met'] else 'missed'} |")
     return "\n".join(lines) + "\n"
 
