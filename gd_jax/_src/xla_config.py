@@ -26,6 +26,7 @@ flags tried there (``xla_cpu_multi_thread_eigen``, ``xla_cpu_use_fusion_emitters
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from gd_jax._src.jax_internals import backend_started
@@ -52,7 +53,8 @@ def cpu_settings(batch_size: int, models: int = 1) -> dict[str, str]:
     return {}
 
 
-def configure_cpu(batch_size: int, models: int = 1, *, environ: dict[str, str] | None = None) -> dict[str, Any]:
+def configure_cpu(batch_size: int, models: int = 1, *,
+                  environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
     """Sets ``cpu_settings(batch_size, models)`` in the environment unless the user set them or XLA started.
 
     Returns:
@@ -75,7 +77,7 @@ def configure_cpu(batch_size: int, models: int = 1, *, environ: dict[str, str] |
     return {"applied": applied, "wanted": wanted, "reason": reason, **describe(env)}
 
 
-def describe(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def describe(environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
     """The XLA CPU configuration in force: ``XLA_FLAGS``, ``NPROC``, who chose them, whether XLA started."""
     env = os.environ if environ is None else environ
     return {"XLA_FLAGS": env.get("XLA_FLAGS"), "NPROC": env.get("NPROC"),

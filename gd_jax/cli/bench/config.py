@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from gd_jax._src.costs import COSTS
 
@@ -83,7 +84,7 @@ class BenchConfig:
     quick: bool = False
 
 
-QUICK = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5, "textbook_batches": 20,
+QUICK: dict[str, Any] = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5, "textbook_batches": 20,
          "peak_size": 1024, "max_epochs": 3, "target_accuracy": 0.8, "per_example_batch": 32}
 """What ``--quick`` changes: a run of well under a minute that still exercises every part."""
 

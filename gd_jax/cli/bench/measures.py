@@ -119,8 +119,11 @@ def bench_batch_size(config: BenchConfig, batch_size: int, x: np.ndarray, y: np.
         if name == BASELINE:
             reference = trained
     load_before = list(os.getloadavg())
-    timings = time_round_robin({name: (lambda r, f=runner.timed_epoch or runner.epoch: f(orders[r]))
-                                for name, runner in runners.items()}, config.repeats)
+    def timed(runner: Runner) -> Callable[[int], Any]:
+        epoch = runner.timed_epoch or runner.epoch
+        return lambda r: epoch(orders[r])
+
+    timings = time_round_robin({name: timed(runner) for name, runner in runners.items()}, config.repeats)
     for name, timing in timings.items():
         _summarise(results[name], timing, runners[name], problem, flops, peak_gflops)
     base = results.get(BASELINE, {})

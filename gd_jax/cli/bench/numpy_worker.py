@@ -89,7 +89,7 @@ class _Server:
 
     def _limits(self, threads: int | None):
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
         except ImportError:
             return contextlib.nullcontext()
         return threadpool_limits(limits=threads, user_api="blas") if threads else contextlib.nullcontext()
@@ -109,7 +109,7 @@ class _Server:
 
     def info(self) -> dict[str, Any]:
         try:
-            from threadpoolctl import threadpool_info
+            from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
             pools = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "prefix")}
                      for p in threadpool_info() if p.get("user_api") == "blas"]

@@ -111,7 +111,7 @@ def measure_time_to_accuracy(config: BenchConfig, device: jax.Device, load: Call
     out: dict[str, Any] = {"target": target, "dataset": config.dataset, "train_rows": train.size,
                            "eval_rows": val.size, "batch_size": config.tta_batch_size, "max_epochs": config.max_epochs,
                            "eval": "validation set, after every epoch",
-                           "compile_cache": jax.config.jax_compilation_cache_dir}
+                           "compile_cache": getattr(jax.config, "jax_compilation_cache_dir", None)}
     with jax.default_device(device):
         out["gd_jax"] = _gd_jax(config, params, train, val, order_key, target)
     log(f"  time to accuracy, gd_jax: {out['gd_jax']['seconds']} s")

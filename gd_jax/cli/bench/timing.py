@@ -137,8 +137,8 @@ def _cpu_model() -> str:
 
 def describe_machine(device: jax.Device) -> dict[str, Any]:
     """The machine and software a run measured: device, cores, versions, thread settings, XLA's configuration."""
-    versions = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                "numpy": np.__version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "jax": jax.__version__,
+                                       "jaxlib": jaxlib.__version__, "numpy": np.__version__}
     for name in ("optax", "torch", "threadpoolctl"):
         try:
             versions[name] = __import__(name).__version__

@@ -98,7 +98,7 @@ def _jax_cost(config: BenchConfig) -> Callable:
     return COSTS[config.cost]
 
 
-def compile_timed(fn: Callable, *args) -> tuple[Callable, float]:
+def compile_timed(fn: Callable, *args) -> tuple[Any, float]:
     """``fn`` jitted and compiled ahead for ``args`` (timed), falling back to plain jit for other shapes."""
     jitted = jax.jit(fn)
     start = time.perf_counter()
