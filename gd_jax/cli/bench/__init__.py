@@ -237,8 +237,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     base = dataclasses.replace(BenchConfig(), **QUICK, quick=True) if args.quick else BenchConfig()
     given: dict[str, Any] = {"sizes": args.sizes, "batch_sizes": args.batch_sizes, "rows": args.rows,
                              "repeats": args.repeats, "variants": args.variants, "max_epochs": args.max_epochs,
-                             "target_accuracy": args.target_accuracy, "data_dir": args.data_dir, "idx_dir": args.idx_dir,
-                             "device": args.device, "hlo_dir": args.hlo_dir}
+                             "target_accuracy": args.target_accuracy, "data_dir": args.data_dir,
+                             "idx_dir": args.idx_dir, "device": args.device, "hlo_dir": args.hlo_dir}
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(base, cost=args.cost, learning_rate=args.learning_rate, warmup=args.warmup,
                                dataset=args.dataset, seed=args.seed, time_to_accuracy=not args.no_time_to_accuracy,

@@ -84,8 +84,9 @@ class BenchConfig:
     quick: bool = False
 
 
-QUICK: dict[str, Any] = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5, "textbook_batches": 20,
-         "peak_size": 1024, "max_epochs": 3, "target_accuracy": 0.8, "per_example_batch": 32}
+QUICK: dict[str, Any] = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5,
+                         "textbook_batches": 20, "peak_size": 1024, "max_epochs": 3, "target_accuracy": 0.8,
+                         "per_example_batch": 32}
 """What ``--quick`` changes: a run of well under a minute that still exercises every part."""
 
 
