@@ -18,6 +18,7 @@ import pytest
 import gd_jax as gd
 from gd_jax import cli
 from gd_jax.cli import bench
+from gd_jax.cli.bench import numpy_worker, timing, variants  # noqa: F401  (bench.<module> below)
 from gd_jax.cli.runs import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -83,8 +84,8 @@ def test_relative_error_is_the_difference_over_the_movement():
     initial = [{"w": np.zeros((2, 2)), "b": np.zeros(2)}]
     reference = [{"w": np.full((2, 2), 2.0), "b": np.ones(2)}]
     variant = [{"w": np.full((2, 2), 2.0), "b": np.array([1.0, 1.5])}]
-    assert bench._relative_error(variant, reference, initial) == pytest.approx(0.5 / 2.0)
-    assert bench._relative_error(reference, reference, initial) == 0.0
+    assert bench.variants.relative_error(variant, reference, initial) == pytest.approx(0.5 / 2.0)
+    assert bench.variants.relative_error(reference, reference, initial) == 0.0
 
 
 def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(tiny_result):
@@ -167,12 +168,12 @@ def test_targets_are_ratios_of_the_measured_medians(tiny_result):
 
 def _wrong_numpy(problem):
     """vectorized_numpy with a learning rate 1% too large: a variant that is fast because it is wrong."""
-    return bench._build_vectorized_numpy(dataclasses.replace(
+    return bench.variants._build_vectorized_numpy(dataclasses.replace(
         problem, config=dataclasses.replace(problem.config, learning_rate=problem.config.learning_rate * 1.01)))
 
 
 def test_a_variant_that_computes_another_epoch_is_reported_wrong_and_kept_out_of_ratios(monkeypatch):
-    monkeypatch.setitem(bench._BUILDERS, "vectorized_numpy", _wrong_numpy)
+    monkeypatch.setitem(bench.variants.BUILDERS, "vectorized_numpy", _wrong_numpy)
     config = dataclasses.replace(TINY, variants=("gd_jax", "vectorized_numpy"), time_to_accuracy=False,
                                  per_example_batch=0)
     r = bench.run(config)
@@ -273,3 +274,57 @@ def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
         for name, v in table["variants"].items():
             assert v["status"] == ("skipped" if name == "torch" and not HAS_TORCH else "ok"), (name, v)
     assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_numpy_runs_in_its_own_process_without_the_machine_s_openblas_overrides(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Prescott")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "262144")
+    x = np.ones((6, 4), np.float32)
+    params = [{"w": np.full((4, 3), 0.1, np.float32), "b": np.zeros(3, np.float32)}]
+    with bench.numpy_worker.NumpyWorker() as worker:
+        info = worker.call("setup", name="t", x=x, y=np.array([0, 1, 2, 0, 1, 2]), params=params, n_classes=3,
+                           batch_size=4, eta=1.0, cost="quadratic")
+        choice = worker.call("choose_threads", name="t", candidates=[1, 2], orders=[np.arange(6)], rounds=2)
+        out = worker.call("epoch", name="t", params=None, order=np.arange(6))
+    assert info["environment"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert choice["chosen"] in (1, 2) and set(choice["seconds"]) == {"1", "2"}
+    targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    want = bench.numpy_worker.train_epoch(params, x, targets, np.arange(6), 4, 1.0, "quadratic")
+    for got, w in zip(out["params"], want):
+        np.testing.assert_allclose(got["w"], w["w"], rtol=1e-6)
+    assert out["seconds"] > 0
+
+
+def test_the_baselines_record_the_configuration_they_ran_in(tiny_result):
+    v = tiny_result["batch_sizes"][0]["variants"]
+    numpy_config = v["vectorized_numpy"]["config"]
+    assert numpy_config["process"]["environment"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+    assert numpy_config["threads"]["chosen"] in (1, tiny_result["machine"]["cpu_count"])
+    assert "own process" in v["vectorized_numpy"]["note"]
+    if HAS_TORCH:
+        assert v["torch"]["config"]["threads"]["chosen"] in (1, tiny_result["machine"]["cpu_count"])
+    xla = tiny_result["machine"]["xla"]
+    assert set(xla) >= {"XLA_FLAGS", "NPROC", "chosen_by", "backend_started"}
+    assert tiny_result["per_example_gradients"]["check"]["closed_vs_vmap"] < 1e-5
+
+
+@pytest.mark.parametrize(("loads", "cpus", "warned"), [([0.4, 0.9], 2, False), ([0.4, 1.01], 2, True),
+                                                       ([3.9], 8, False), ([4.5], 8, True)])
+def test_a_busy_machine_is_warned_about(loads, cpus, warned):
+    note = bench.timing.load_note(loads, cpus)
+    assert (note is not None) == warned
+    if warned:
+        assert f"load average up to {max(loads):.2f} on {cpus} cores" in note and "do not quote" in note
+
+
+def test_the_markdown_report_carries_machine_versions_commit_load_and_every_figure(tiny_result, tmp_path, capsys):
+    md = bench.format_markdown(tiny_result)
+    assert tiny_result["machine"]["cpu_model"] in md and f"jax {jax.__version__}" in md
+    assert "load average (1 min) during the run" in md and "XLA:" in md
+    gd_jax_row = next(line for line in md.splitlines() if line.startswith("| gd_jax |"))
+    assert f"{tiny_result['batch_sizes'][0]['variants']['gd_jax']['median']:.4f}" in gd_jax_row
+    assert ("**WARNING" in md) == bool(tiny_result["load_warning"])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(tiny_result))
+    assert bench.main(["--report-md", str(path)]) == 0
+    assert capsys.readouterr().out == md
