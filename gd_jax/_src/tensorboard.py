@@ -169,7 +169,7 @@ def write_run_events(
     scalars = scalars_of(history, config)
     last = max((step for series in scalars.values() for step, _ in series), default=0)
     for tag, value in (("test/cost", test_cost), ("test/accuracy", test_accuracy)):
-        if _is_number(value):
+        if value is not None and _is_number(value):
             scalars[tag] = [(last, float(value))]
     # HParams' metrics: the final value of each cost and accuracy series.
     metrics = {tag: series[-1][1] for tag, series in scalars.items() if tag.startswith(("cost/", "accuracy/", "test/"))}
