@@ -88,6 +88,8 @@ def test_existing_folder_is_never_overwritten(finished, capsys):
 
 @pytest.mark.parametrize("options, message", [
     (["--eta", "0.1,x"], "--eta wants a number or a comma list"),
+    (["--eta", "1,,2"], "--eta wants a number or a comma list"),
+    (["--lmbda", "1,"], "--lmbda wants a number or a comma list"),
     (["--eta", "0.1,-1"], "--eta -1 is not a positive finite number"),
     (["--momentum", "0.5,1"], "--momentum 1 is outside [0, 1)"),
     (["--seeds", "0"], "--seeds wants a count >= 1"),

@@ -11,7 +11,9 @@ import os
 
 import jax
 
+from gd_jax._src.costs import COSTS
 from gd_jax._src.data.mnist import SOURCES, load_mnist
+from gd_jax._src.network import ACTIVATIONS, INITS
 from gd_jax.cli.runs import BadInput, bad_input
 
 EXIT_BAD_INPUT = 2
@@ -141,3 +143,34 @@ def check_data_flags(dataset: str, idx_dir: str | None, data_dir: str | None, do
 def load_data(dataset: str, *, idx_dir, data_dir, download: bool, validation: bool = False):
     with bad_input():
         return load_mnist(dataset, validation=validation, idx_dir=idx_dir, data_dir=data_dir, download=download)
+
+
+def add_network_flags(p: argparse.ArgumentParser) -> None:
+    """The network and the training loop, alike for ``train`` and ``sweep`` (whose models all share them)."""
+    p.add_argument("--sizes", type=sizes_flag, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
+    p.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum)")
+    p.add_argument("--cost", choices=list(COSTS), default="quadratic", help="cost function (default quadratic)")
+    p.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="neurons (default sigmoid)")
+    p.add_argument("--init", choices=INITS, default="normal",
+                   help="normal: N(0,1) weights (chapter 1); scaled: N(0,1/n_in) (chapter 3) (default normal)")
+
+
+def add_run_folder_flags(p: argparse.ArgumentParser, *, what: str) -> None:
+    """When to stop, what to evaluate on, and the folder ``what`` (``"run"`` or ``"sweep"``) is written to."""
+    p.add_argument("--target-cost", type=float, default=None,
+                   help="stop once the training cost is at or below this value")
+    p.add_argument("--max-growth", type=max_growth_flag, default=10.0,
+                   help="count a model as diverged when its parameters' root mean square grows more than this many "
+                        "times in one epoch; 'off' never (default 10)")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on a validation set held out of the training data (test reported at the end)")
+    p.add_argument("--out", help=f"{what} folder (default runs/<date-time>)")
+    p.add_argument("--overwrite", action="store_true", help=f"replace the files of an existing {what} folder")
+    p.add_argument("--resume", metavar="DIR",
+                   help=f"continue the {what} in DIR from its newest checkpoint, with its saved settings")
+    p.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files (the figures and records are written all the same)")
+

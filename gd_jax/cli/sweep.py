@@ -46,7 +46,6 @@ from gd_jax._src.checkpoint import load_checkpoint, save_checkpoint
 from gd_jax._src.costs import COSTS
 from gd_jax._src.data.mnist import load_mnist
 from gd_jax._src.distributed import is_writer
-from gd_jax._src.network import ACTIVATIONS, INITS
 from gd_jax._src.parallel import PeerLostError
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
@@ -55,7 +54,7 @@ from gd_jax._src.sweep_figures import plot_sweep
 from gd_jax._src.tensorboard import LiveEvents, write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import runs
-from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, max_growth_flag, sizes_flag
+from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, add_network_flags, add_run_folder_flags
 from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
 from gd_jax.cli.runs import BadInput, bad_input, plural
 
@@ -68,8 +67,8 @@ RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir")
 
 def _numbers(name: str, example: str):
     def parse(text: str) -> list[float]:
-        try:
-            values = [float(v) for v in text.replace(" ", "").split(",") if v]
+        try:  # an empty entry (1,,2) is a typo, never a value to drop silently
+            values = [float(v) for v in text.replace(" ", "").split(",")]
         except ValueError:
             values = []
         if not values:
@@ -94,35 +93,18 @@ def _seeds(text: str) -> list[int]:
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gd-jax sweep`` beyond the data and device ones every command shares:
     those of ``gd-jax train``, with comma lists for the swept ones."""
-    parser.add_argument("--sizes", type=sizes_flag, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
-    parser.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
-    parser.add_argument("--no-tensorboard", action="store_true",
-                        help="write no TensorBoard event files (tensorboard/model-NNN/, one per model)")
+    add_network_flags(parser)
     parser.add_argument("--learning-rate", "--eta", dest="learning_rate", type=_numbers("eta", "0.1,1,3"),
                         default=[3.0], help="learning rates; a comma list is swept (default 3.0)")
     parser.add_argument("--momentum", type=_numbers("momentum", "0,0.5,0.9"), default=None,
                         help="momentum coefficients in [0, 1); a comma list is swept (default none)")
     parser.add_argument("--lmbda", type=_numbers("lmbda", "0,1,5"), default=None,
                         help="L2 lambda, adding lambda/(2n) sum w^2 to the cost; a comma list is swept (default none)")
-    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum)")
-    parser.add_argument("--cost", choices=list(COSTS), default="quadratic", help="cost function (default quadratic)")
-    parser.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="neurons (default sigmoid)")
-    parser.add_argument("--init", choices=INITS, default="normal", help="normal: N(0, 1); scaled: N(0, 1/n_in)")
     parser.add_argument("--seeds", type=_seeds, default=[0],
                         help="a count (5: seeds 0..4) or a list 2,7,9; seed s is gd-jax train --seed s (default 1)")
     parser.add_argument("--shuffle", choices=("per_model", "shared"), default="per_model",
                         help="per_model: each seed its own batch order (independent runs); shared: one order for all")
-    parser.add_argument("--target-cost", type=float, default=None, help="a model stops at this training cost")
-    parser.add_argument("--max-growth", type=max_growth_flag, default=10.0,
-                        help="a model counts as diverged when its parameters' RMS grows more than this in an epoch; "
-                             "'off' never (default 10)")
-    parser.add_argument("--validation", action="store_true",
-                        help="evaluate on a held-out validation set each epoch (test once at the end)")
-    parser.add_argument("--out", help="sweep folder (default runs/<date-time>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the files of an existing sweep folder")
-    parser.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR from its newest checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_folder_flags(parser, what="sweep")
     add_parallel_arguments(parser)
 
 

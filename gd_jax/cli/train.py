@@ -22,7 +22,6 @@ from gd_jax._src.checkpoint import checkpoint_path, load_checkpoint, save_checkp
 from gd_jax._src.costs import COSTS, with_l2
 from gd_jax._src.data.dataset import check_dataset
 from gd_jax._src.distributed import is_writer
-from gd_jax._src.network import ACTIVATIONS, INITS
 from gd_jax._src.parallel import PeerLostError, check_batch_size
 from gd_jax._src.seeds import SEED_LIMIT, is_seed, seed_key
 from gd_jax._src.tensorboard import LiveEvents
@@ -33,10 +32,10 @@ from gd_jax.cli.flags import (
     EXIT_INTERRUPTED,
     UsageError,
     add_data_and_device_flags,
+    add_network_flags,
+    add_run_folder_flags,
     check_data_flags,
     load_data,
-    max_growth_flag,
-    sizes_flag,
 )
 from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
 from gd_jax.cli.runs import BadInput, bad_input, plural
@@ -62,25 +61,13 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                             "from its last checkpoint with its saved settings; only --epochs (the "
                                             "total, to extend a run), --idx-dir, --data-dir and --max-growth may "
                                             "be changed.")
-    train.add_argument("--sizes", type=sizes_flag, default=[784, 30, 10], help="layer sizes (default 784,30,10)")
-    train.add_argument("--epochs", type=int, default=30, help="epochs in all (default 30)")
-    train.add_argument("--batch-size", type=int, default=10, help="mini-batch size (default 10)")
+    add_network_flags(train)
     train.add_argument("--learning-rate", "--eta", dest="learning_rate", type=float, default=3.0,
                        help="learning rate eta (default 3.0)")
     train.add_argument("--momentum", type=float, default=None, help="momentum coefficient in [0, 1) (default none)")
-    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum)")
-    train.add_argument("--cost", choices=list(COSTS), default="quadratic", help="cost function (default quadratic)")
-    train.add_argument("--activation", choices=list(ACTIVATIONS), default="sigmoid", help="neurons (default sigmoid)")
-    train.add_argument("--init", choices=INITS, default="normal",
-                       help="normal: N(0,1) weights (chapter 1); scaled: N(0,1/n_in) (chapter 3) (default normal)")
-    # Seed 2 is one of the 15 in 20 seeds whose textbook run does not stall (see README, "Known behaviour").
+    # Seed 2 is one of the 15 in 20 seeds whose textbook run does not stall (see the docs, "The chapter 1 stalls").
     train.add_argument("--seed", type=int, default=2,
                        help="PRNG seed for initialisation and shuffling, 0 to 2**64-1 (default 2)")
-    train.add_argument("--target-cost", type=float, default=None,
-                       help="stop once the training cost is at or below this value")
-    train.add_argument("--max-growth", type=max_growth_flag, default=10.0,
-                       help="count the run as diverged when the parameters' root mean square grows more than this "
-                            "many times in one epoch; 'off' never (default 10)")
     train.add_argument("--lmbda", type=float, default=None,
                        help="L2 regularisation lambda: adds lambda/(2n) sum w^2 to the cost, n the training examples "
                             "(the textbook's chapter 3; default none)")
@@ -90,15 +77,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--eta-schedule", type=int, default=None, metavar="N",
                        help="halve eta each time the evaluation accuracy has not improved for N epochs; stop once it "
                             "is 1/128 of its start (the textbook's schedule; needs --validation)")
-    train.add_argument("--validation", action="store_true",
-                       help="evaluate on a validation set held out of the training data (test reported at the end)")
-    train.add_argument("--out", help="run folder (default runs/<date-time>)")
-    train.add_argument("--overwrite", action="store_true", help="replace the files of an existing run folder")
-    train.add_argument("--resume", metavar="DIR",
-                       help="continue the run in DIR from its last checkpoint, with its saved settings")
-    train.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
-    train.add_argument("--no-tensorboard", action="store_true",
-                       help="write no TensorBoard event file (the figures and history.json are written all the same)")
+    add_run_folder_flags(train, what="run")
     add_data_and_device_flags(train)
     add_parallel_arguments(train)
     return train
