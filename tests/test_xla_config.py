@@ -66,3 +66,21 @@ def test_a_user_s_own_settings_win():
     out = _child(10, NPROC="2")
     assert out["record"]["applied"] == {} and out["NPROC"] == "2"
     assert "the environment sets XLA_FLAGS or NPROC" in out["record"]["reason"]
+
+
+@pytest.mark.parametrize(("extra", "nproc"), [([], "1"), (["--batch-size", "100"], None)])
+def test_gd_jax_train_applies_the_choice_and_records_it_in_each_segment(tmp_path, extra, nproc):
+    import json
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NPROC", "GD_JAX_XLA_CHOICE")}
+    out = tmp_path / "run"
+    args = ["train", "--sizes", "784,10,10", "--epochs", "1", "--no-tensorboard", "--no-progress", "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "gd_jax", *args, *extra], env=environ, capture_output=True, text=True,
+                   check=True, timeout=300)
+    # A resumed run takes its rows per step from its saved settings, not from the flags' defaults.
+    subprocess.run([sys.executable, "-m", "gd_jax", "train", "--resume", str(out), "--epochs", "2", "--no-progress"],
+                   env=environ, capture_output=True, text=True, check=True, timeout=300)
+    segments = json.loads((out / "config.json").read_text())["segments"]
+    assert [s["xla"]["NPROC"] for s in segments] == [nproc, nproc]
+    assert all("gd_jax's choice" in s["xla"]["chosen_by"] for s in segments)

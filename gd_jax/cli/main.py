@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 import gd_jax
+from gd_jax._src import xla_config
 from gd_jax._src.extras import MissingExtraError, ensure_installed
 from gd_jax._src.parallel import PeerLostError
 from gd_jax.cli import bench, evaluate, launch, predict, runs, sweep, train
@@ -91,6 +92,30 @@ def _check_extras(args: argparse.Namespace) -> None:
         ensure_installed("PIL", purpose="reading image files")
 
 
+def _configure_xla(args: argparse.Namespace) -> None:
+    """XLA's CPU settings for this run's work (``_src/xla_config.py``), before JAX's backend starts.
+
+    The rows of one step decide: a resumed run's come from its saved settings, so it trains as
+    it started. Several devices or processes keep XLA's defaults (their threads are the devices).
+    Each segment of the run folder records what was in force (``runs.environment``).
+    """
+    if args.command not in ("train", "sweep") or args.devices is not None or args.coordinator is not None:
+        return
+    settings = vars(args)
+    if args.resume is not None:
+        try:
+            settings = {**settings, **runs.read_json(os.path.join(args.resume, runs.CONFIG))}
+        except BadInput:
+            return  # the command reports the damaged folder itself
+    models = 1
+    if args.command == "sweep":
+        for name in ("learning_rate", "momentum", "lmbda", "seeds"):
+            models *= len(settings.get(name) or [None])
+    batch_size = settings.get("batch_size")
+    if isinstance(batch_size, int) and batch_size >= 1:
+        xla_config.configure_cpu(batch_size, models)
+
+
 def _start_parallel(args: argparse.Namespace) -> Any:
     """``--devices`` and the multi-process flags, acted on before JAX starts; the mesh or None."""
     if args.device and (args.devices is not None or args.coordinator is not None):
@@ -129,6 +154,7 @@ def _run(argv: Sequence[str] | None) -> int:
             with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
                 return launch.run_launch(args)
         use_compile_cache(compile_cache_folder(args.no_compile_cache))
+        _configure_xla(args)
         args.mesh = _start_parallel(args) if args.command in ("train", "sweep") else None
         platforms = jax.config.jax_platforms  # type: ignore[attr-defined]
         try:

@@ -48,6 +48,7 @@ import jaxlib
 import numpy as np
 
 import gd_jax
+from gd_jax._src import xla_config
 from gd_jax._src.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_manifest
 from gd_jax._src.extras import require
 from gd_jax._src.plotting import RUN_FIGURES, plot_history, write_run_figures
@@ -528,6 +529,7 @@ def environment(command: Sequence[str], *, first_epoch: int) -> dict[str, Any]:
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
         "device": str(jax.devices()[0]),
+        "xla": xla_config.describe(),  # the CPU runtime settings in force, and who chose them
         "git_commit": _git_commit(),
     }
 
