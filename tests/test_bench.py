@@ -19,7 +19,7 @@ import gd_jax as gd
 from gd_jax import cli
 from gd_jax.cli import bench
 from gd_jax.cli.bench import numpy_worker, timing, variants  # noqa: F401  (bench.<module> below)
-from gd_jax.cli.runs import BadInput
+from gd_jax.cli.errors import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 

@@ -1,4 +1,5 @@
-"""The run folder (gd_jax.cli.runs): atomic claims under concurrency, stale temporaries, file modes, seeds, progress."""
+"""The run folder (gd_jax.cli.run_folder, resume, progress): atomic claims under concurrency, stale
+temporaries, file modes, progress."""
 
 import io
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from gd_jax._src import serialization
-from gd_jax.cli import main, runs
+from gd_jax.cli import errors, main, progress, resume, run_folder
 
 QUICK = ["--sizes", "784,16,10", "--no-progress"]
 
@@ -45,12 +46,12 @@ def test_concurrent_runs_started_in_the_same_second_never_share_a_folder(tmp_pat
 
 
 def test_claim_takes_the_next_free_name_and_never_an_existing_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs.time, "strftime", lambda fmt, *t: "20260101-000000")
+    monkeypatch.setattr(run_folder.time, "strftime", lambda fmt, *t: "20260101-000000")
     root = str(tmp_path / "runs")
-    first = runs.claim_run_folder(None, {"n": 1}, root=root)
-    second = runs.claim_run_folder(None, {"n": 2}, root=root)
+    first = run_folder.claim_run_folder(None, {"n": 1}, root=root)
+    second = run_folder.claim_run_folder(None, {"n": 2}, root=root)
     os.makedirs(os.path.join(root, "20260101-000000-3"))  # a folder someone else made: skipped
-    third = runs.claim_run_folder(None, {"n": 3}, root=root)
+    third = run_folder.claim_run_folder(None, {"n": 3}, root=root)
     names = [os.path.basename(f.path) for f in (first, second, third)]
     assert names == ["20260101-000000", "20260101-000000-2", "20260101-000000-4"]
     for n, folder in enumerate((first, second, third), 1):
@@ -60,15 +61,15 @@ def test_claim_takes_the_next_free_name_and_never_an_existing_folder(tmp_path, m
 
 def test_a_folder_in_use_or_claimed_is_refused(tmp_path):
     out = str(tmp_path / "run")
-    with runs.claim_run_folder(out, {"n": 1}):
-        with pytest.raises(runs.BadInput, match="is in use by another gd-jax process"):
-            runs.open_run_folder(out)
+    with run_folder.claim_run_folder(out, {"n": 1}):
+        with pytest.raises(errors.BadInput, match="is in use by another gd-jax process"):
+            run_folder.open_run_folder(out)
     # Claimed meanwhile (empty when checked, config.json there when claiming): refused, the first run's file kept.
     empty = tmp_path / "empty"
     empty.mkdir()
-    runs.write_json(empty / "config.json", {"n": 1}, exclusive=True)
+    run_folder.write_json(empty / "config.json", {"n": 1}, exclusive=True)
     with pytest.raises(FileExistsError):
-        runs.write_json(empty / "config.json", {"n": 2}, exclusive=True)
+        run_folder.write_json(empty / "config.json", {"n": 2}, exclusive=True)
     assert json.loads((empty / "config.json").read_text()) == {"n": 1}
 
 
@@ -138,19 +139,19 @@ def test_data_fingerprint_sees_one_changed_value():
 
     x = np.zeros((5, 3), np.float32)
     y = np.arange(5, dtype=np.int32)
-    a = runs.data_fingerprint({"train": Dataset(x, y)})
+    a = resume.data_fingerprint({"train": Dataset(x, y)})
     x2 = x.copy()
     x2[4, 2] = 1e-7
-    assert runs.data_fingerprint({"train": Dataset(x2, y)}) != a
-    assert runs.data_fingerprint({"train": Dataset(x.copy(), y.copy())}) == a
-    with pytest.raises(runs.BadInput, match="the train data differ from those run 'r' was trained on"):
-        runs.check_same_data(a, runs.data_fingerprint({"train": Dataset(x2, y)}), out="r")
+    assert resume.data_fingerprint({"train": Dataset(x2, y)}) != a
+    assert resume.data_fingerprint({"train": Dataset(x.copy(), y.copy())}) == a
+    with pytest.raises(errors.BadInput, match="the train data differ from those run 'r' was trained on"):
+        resume.check_same_data(a, resume.data_fingerprint({"train": Dataset(x2, y)}), out="r")
 
 
 def test_progress_lines_are_labelled_and_the_estimate_leaves_compilation_out():
     stream = io.StringIO()
-    progress = runs.EpochProgress(10, 0, eval_name="validation", stream=stream)  # not a terminal: plain lines
-    progress.epoch_end({"epoch": 1, "train_cost": 0.25, "eval_accuracy": 0.5, "seconds": 1.0})
+    bar = progress.EpochProgress(10, 0, eval_name="validation", stream=stream)  # not a terminal: plain lines
+    bar.epoch_end({"epoch": 1, "train_cost": 0.25, "eval_accuracy": 0.5, "seconds": 1.0})
     lines = stream.getvalue().splitlines()
     assert lines == ["epoch 1/10: train cost 0.2500, validation accuracy 0.5000, 1.00 s training, 00:09 left"]
     assert "\r" not in stream.getvalue()
@@ -158,13 +159,13 @@ def test_progress_lines_are_labelled_and_the_estimate_leaves_compilation_out():
 
 def test_progress_bar_on_a_terminal_is_labelled():
     stream = io.StringIO()
-    progress = runs.EpochProgress(3, 1, stream=stream, bar=True)
-    progress.epoch_end({"epoch": 2, "train_cost": 0.125, "eval_accuracy": 0.75, "seconds": 2.0})
-    progress.close()
+    bar = progress.EpochProgress(3, 1, stream=stream, bar=True)
+    bar.epoch_end({"epoch": 2, "train_cost": 0.125, "eval_accuracy": 0.75, "seconds": 2.0})
+    bar.close()
     text = stream.getvalue()
     assert "2/3 epochs" in text and "train cost 0.1250" in text and "test accuracy 0.7500" in text
     assert "00:02 left" in text
 
 
 def test_plural():
-    assert [runs.plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert [progress.plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]

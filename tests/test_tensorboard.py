@@ -240,17 +240,17 @@ def test_gd_jax_train_writes_events_and_figures_that_match_its_history(tmp_path,
 def _watch_epochs(monkeypatch, folder_of_event_files) -> list[tuple[int, list[int]]]:
     """Reads the event files with EventAccumulator at the end of every epoch (what `tensorboard --logdir` sees
     then): returns (epoch, the steps of cost/train) each time."""
-    from gd_jax.cli import runs
+    from gd_jax.cli import progress
 
     seen: list[tuple[int, list[int]]] = []
-    original = runs.EpochProgress.epoch_end
+    original = progress.EpochProgress.epoch_end
 
     def epoch_end(self, record):
         steps = [e.step for e in read(folder_of_event_files).Scalars("cost/train")]
         seen.append((int(record["epoch"]), steps))
         original(self, record)
 
-    monkeypatch.setattr(runs.EpochProgress, "epoch_end", epoch_end)
+    monkeypatch.setattr(progress.EpochProgress, "epoch_end", epoch_end)
     return seen
 
 

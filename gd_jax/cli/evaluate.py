@@ -13,9 +13,9 @@ from gd_jax._src.data.dataset import check_dataset
 from gd_jax._src.images import load_trained_network
 from gd_jax._src.network import ACTIVATIONS, layer_sizes
 from gd_jax._src.sweep_folder import is_sweep_folder
-from gd_jax.cli import runs
+from gd_jax.cli import run_folder
+from gd_jax.cli.errors import bad_input
 from gd_jax.cli.flags import add_data_and_device_flags, check_data_flags, load_data
-from gd_jax.cli.runs import bad_input
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,9 +41,9 @@ def run_evaluate(args: argparse.Namespace, given: set[str], command: list[str]) 
         params, config = network.params, network.config
     else:
         if os.path.isdir(path):
-            config_path = os.path.join(path, runs.CONFIG)
+            config_path = os.path.join(path, run_folder.CONFIG)
             if os.path.isfile(config_path):
-                config = runs.read_json(config_path)
+                config = run_folder.read_json(config_path)
             path = os.path.join(path, "params.npz")
         with bad_input():
             params = gd.load_params(path)

@@ -14,7 +14,7 @@ import jax
 from gd_jax._src.costs import COSTS
 from gd_jax._src.data.mnist import SOURCES, load_mnist
 from gd_jax._src.network import ACTIVATIONS, INITS
-from gd_jax.cli.runs import BadInput, bad_input
+from gd_jax.cli.errors import BadInput, bad_input
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3

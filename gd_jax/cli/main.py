@@ -22,7 +22,8 @@ import gd_jax
 from gd_jax._src import xla_config
 from gd_jax._src.extras import MissingExtraError, ensure_installed
 from gd_jax._src.parallel import PeerLostError
-from gd_jax.cli import bench, evaluate, launch, predict, runs, sweep, train
+from gd_jax.cli import bench, evaluate, launch, predict, run_folder, signals, sweep, train
+from gd_jax.cli.errors import BadInput, bad_input
 from gd_jax.cli.flags import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN_PIPE,
@@ -35,7 +36,6 @@ from gd_jax.cli.flags import (
     use_compile_cache,
 )
 from gd_jax.cli.parallel_flags import exit_peer_lost, start_parallel
-from gd_jax.cli.runs import BadInput, bad_input
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,14 +97,14 @@ def _configure_xla(args: argparse.Namespace) -> None:
 
     The rows of one step decide: a resumed run's come from its saved settings, so it trains as
     it started. Several devices or processes keep XLA's defaults (their threads are the devices).
-    Each segment of the run folder records what was in force (``runs.environment``).
+    Each segment of the run folder records what was in force (``resume.environment``).
     """
     if args.command not in ("train", "sweep") or args.devices is not None or args.coordinator is not None:
         return
     settings = vars(args)
     if args.resume is not None:
         try:
-            settings = {**settings, **runs.read_json(os.path.join(args.resume, runs.CONFIG))}
+            settings = {**settings, **run_folder.read_json(os.path.join(args.resume, run_folder.CONFIG))}
         except BadInput:
             return  # the command reports the damaged folder itself
     models = 1
@@ -151,7 +151,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.command == "predict":
             return predict.run_predict(args)
         if args.command == "launch":
-            with bad_input(), runs.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
+            with bad_input(), signals.interrupts_as_keyboard_interrupt():  # SIGTERM stops the processes too
                 return launch.run_launch(args)
         use_compile_cache(compile_cache_folder(args.no_compile_cache))
         _configure_xla(args)
@@ -160,7 +160,7 @@ def _run(argv: Sequence[str] | None) -> int:
         try:
             device = select_device(args.device)
             # Only this command computes there (a caller's own JAX work, e.g. in tests, keeps its default).
-            with runs.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
+            with signals.interrupts_as_keyboard_interrupt(), jax.default_device(device if args.device else None):
                 command = {"train": train.run_train, "evaluate": evaluate.run_evaluate, "sweep": sweep.run_sweep,
                            "bench": _bench}[args.command]
                 return command(args, _given_options(argv), ["gd-jax", *argv])

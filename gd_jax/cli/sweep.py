@@ -7,7 +7,7 @@ their cartesian product times ``--seeds`` seeds::
 
 Seed ``s`` of a sweep is the run ``gd-jax train --seed s`` with the same settings (with
 ``--shuffle shared`` all models take the first seed's batch order). The sweep folder is a run
-folder (``gd_jax.cli.runs``: claimed atomically, locked while in use, ``config.json`` with the
+folder (``gd_jax.cli.run_folder``: claimed atomically, locked while in use, ``config.json`` with the
 settings, the data's fingerprint and one segment per process) that holds
 
 - ``sweep.json``: the config and the tidy records (one per model and epoch), the models'
@@ -53,10 +53,12 @@ from gd_jax._src.sweep import SweepResult, grid_points, sweep
 from gd_jax._src.sweep_figures import plot_sweep
 from gd_jax._src.tensorboard import LiveEvents, write_run_events
 from gd_jax._src.train import check_fit_arguments
-from gd_jax.cli import runs
+from gd_jax.cli import run_folder, signals
+from gd_jax.cli.errors import BadInput, bad_input
 from gd_jax.cli.flags import EXIT_DIVERGED, EXIT_INTERRUPTED, add_network_flags, add_run_folder_flags
 from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
-from gd_jax.cli.runs import BadInput, bad_input, plural
+from gd_jax.cli.progress import EpochProgress, plural
+from gd_jax.cli.resume import check_same_data, command_settings, data_fingerprint, environment
 
 SWEEP_FILES = ("sweep.json", "sweep.csv", "accuracy.png", "costs.png")
 # What defines a sweep, saved in config.json and in every checkpoint.
@@ -219,7 +221,7 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
     """Runs ``gd-jax sweep`` for parsed ``args``; ``given`` names the options written on the command
     line (those ``--resume`` checks), ``command`` is the command line recorded in ``config.json``.
 
-    Returns the exit status; bad input raises ``runs.BadInput`` (one line, status 2, in ``gd-jax``).
+    Returns the exit status; bad input raises ``errors.BadInput`` (one line, status 2, in ``gd-jax``).
     """
     out, plan = _prepare(args, given, command or ["gd-jax", "sweep"])
     args.run_folder = out  # named in the one line a lost peer ends this process with
@@ -229,16 +231,16 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
         except PeerLostError as e:
             exit_peer_lost(e, resume=out, command="sweep")
     if args.resume is not None:
-        folder = runs.open_run_folder(out)
-        folder.write_json(runs.CONFIG, plan["config"])
+        folder = run_folder.open_run_folder(out)
+        folder.write_json(run_folder.CONFIG, plan["config"])
     else:
-        folder = runs.claim_run_folder(out, plan["config"], overwrite=args.overwrite)
+        folder = run_folder.claim_run_folder(out, plan["config"], overwrite=args.overwrite)
         for name in SWEEP_FILES:  # --overwrite of an earlier sweep: its tables and figures go too
             if os.path.exists(folder.file(name)):
                 os.unlink(folder.file(name))
         if os.path.isdir(folder.file(TENSORBOARD)):  # and its per-model event files (gd_jax's own only)
             for name in sorted(os.listdir(folder.file(TENSORBOARD))):
-                runs.clean_run_files(os.path.join(folder.file(TENSORBOARD), name))
+                run_folder.clean_run_files(os.path.join(folder.file(TENSORBOARD), name))
     with folder:
         try:
             return _run(args, plan, folder)
@@ -256,10 +258,10 @@ def run_sweep(args: argparse.Namespace, given: set[str], command: list[str] | No
 
 def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Validates everything a sweep needs, writing nothing; returns its folder and plan."""
-    out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
+    out, settings, saved, checkpoint = command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, what="sweep")
     if args.resume is None and is_writer():  # in a multi-process sweep, process 0 alone writes the folder
-        runs.check_out(out, overwrite=args.overwrite)
+        run_folder.check_out(out, overwrite=args.overwrite)
     check_settings(settings)
     grid = _grid(settings)
     init = functools.partial(gd.init_mlp, sizes=settings["sizes"], init=settings["init"])
@@ -277,7 +279,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     datasets = {"train": train, "test": test} | ({"validation": eval_data} if settings["validation"] else {})
     config = {**settings, "grid": grid, "n_train": train.size, "n_eval": eval_data.size,
               "eval_data": "validation" if settings["validation"] else "test",
-              "data_sha256": runs.data_fingerprint(datasets), "segments": [dict(x) for x in saved.get("segments", [])]}
+              "data_sha256": data_fingerprint(datasets), "segments": [dict(x) for x in saved.get("segments", [])]}
     resume, done = None, 0
     kwargs = dict(grid=grid, seeds=settings["seeds"], make_optimizer=make_optimizer, make_cost=make_cost,
                   batch_size=settings["batch_size"], shuffle=settings["shuffle"], activation=settings["activation"],
@@ -286,18 +288,18 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
         fresh = sweep(init, train, epochs=0, **kwargs)
         with bad_input():
             ckpt = load_checkpoint(checkpoint, like=gd.TrainState(fresh.params, fresh.opt_state))
-        runs.check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
+        check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
         state = ckpt.config["sweep"]
         resume = SweepResult(params=ckpt.state.params, opt_state=ckpt.state.opt_state, models=state["models"],
                              records=state["records"], grid=state["grid"], seeds=state["seeds"],
                              shuffle=state["shuffle"], epoch_seconds=state["epoch_seconds"])
         done = resume.epochs_done
         if settings["epochs"] < done:
-            raise BadInput(f"--epochs {settings['epochs']} is fewer than the {runs.plural(done, 'epoch')} {out!r} "
+            raise BadInput(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} "
                            f"has done; pass --epochs {done} or more")
     elif saved:
-        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out)
-    config["segments"].append(runs.environment(command, first_epoch=done + 1))
+        check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out)
+    config["segments"].append(environment(command, first_epoch=done + 1))
     models = len(grid_points(grid)) * len(settings["seeds"])
     return out, {"settings": settings, "config": config, "init": init, "train": train, "eval_data": eval_data,
                  "kwargs": kwargs, "test": test, "resume": resume, "done": done, "models": models}
@@ -315,7 +317,7 @@ def _follow(plan: dict[str, Any]) -> int:
     return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in result.models) else 0
 
 
-class _SweepProgress(runs.EpochProgress):
+class _SweepProgress(EpochProgress):
     """``train``'s progress (a bar on a terminal, one plain line per epoch otherwise) for a whole sweep."""
 
     def describe(self, record: Mapping[str, Any]) -> str:
@@ -367,7 +369,7 @@ def _best_line(result: SweepResult, plan: dict[str, Any]) -> str:
             f"test accuracy {np.mean(tests):.4f} ± {np.std(tests):.4f}; ")
 
 
-def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder) -> int:
+def _run(args: argparse.Namespace, plan: dict[str, Any], folder: run_folder.RunFolder) -> int:
     """Trains the sweep and writes its folder (everything is validated by now)."""
     s, config = plan["settings"], plan["config"]
     resume = plan["resume"]
@@ -382,7 +384,7 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
         return EXIT_DIVERGED if all(m["stop_reason"] == "diverged" for m in resume.models) else 0
 
     def save(result: SweepResult) -> None:
-        with runs.interrupts_deferred():  # the checkpoint and the tables of one epoch, together
+        with signals.interrupts_deferred():  # the checkpoint and the tables of one epoch, together
             save_checkpoint(folder.checkpoints, epoch=result.epochs_done,
                             state=gd.TrainState(result.params, result.opt_state),
                             key=seed_keys(s["seeds"][0])[1], config={**config, "sweep": result.to_dict()})
@@ -414,11 +416,11 @@ def _run(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder)
     return _finish(args, plan, folder, result, trained=True)
 
 
-def _finish(args: argparse.Namespace, plan: dict[str, Any], folder: runs.RunFolder, result: SweepResult, *,
+def _finish(args: argparse.Namespace, plan: dict[str, Any], folder: run_folder.RunFolder, result: SweepResult, *,
             trained: bool) -> int:
     """Writes the figures and TensorBoard files, prints the summary; returns the exit status."""
     config, k = plan["config"], len(result)
-    with runs.interrupts_deferred():
+    with signals.interrupts_deferred():
         plot_sweep(result, folder.path, title=_title(plan["settings"]))
         if not args.no_tensorboard:
             write_sweep_events(result, folder.path, config)

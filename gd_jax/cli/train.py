@@ -26,7 +26,8 @@ from gd_jax._src.parallel import PeerLostError, check_batch_size
 from gd_jax._src.seeds import SEED_LIMIT, is_seed, seed_key
 from gd_jax._src.tensorboard import LiveEvents
 from gd_jax._src.train import DivergenceError, check_fit_arguments
-from gd_jax.cli import runs
+from gd_jax.cli import run_folder, signals
+from gd_jax.cli.errors import BadInput, bad_input
 from gd_jax.cli.flags import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
@@ -38,7 +39,8 @@ from gd_jax.cli.flags import (
     load_data,
 )
 from gd_jax.cli.parallel_flags import add_parallel_arguments, exit_peer_lost
-from gd_jax.cli.runs import BadInput, bad_input, plural
+from gd_jax.cli.progress import EpochProgress, plural
+from gd_jax.cli.resume import check_same_data, command_settings, data_fingerprint, environment
 
 # The settings a run is defined by, saved in config.json and in every checkpoint.
 SETTINGS = ("sizes", "epochs", "batch_size", "learning_rate", "momentum", "nesterov", "cost", "activation", "init",
@@ -164,7 +166,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     """Validates everything a run needs, writing nothing; returns its folder (None: a default name) and plan."""
 
 
-    out, settings, saved, checkpoint = runs.command_settings(args, given, settings=SETTINGS,
+    out, settings, saved, checkpoint = command_settings(args, given, settings=SETTINGS,
                                                              may_change=RESUME_MAY_CHANGE, defaults=SETTING_DEFAULTS)
     _check_flags({**settings, "download": args.download})
     if args.out is not None and not args.out.strip():
@@ -179,7 +181,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     stateful = gd.scale_learning_rate(optimizer) if settings["eta_schedule"] is not None else optimizer
     cost: Any = functools.partial(COSTS[settings["cost"]], activation=settings["activation"])  # type: ignore[call-arg]
     if args.resume is None and is_writer():  # in a multi-process run, process 0 alone writes the run folder
-        runs.check_out(out, overwrite=args.overwrite)
+        run_folder.check_out(out, overwrite=args.overwrite)
     init_key, shuffle_key = jax.random.split(key)
     with bad_input():
         params = gd.init_mlp(init_key, settings["sizes"], settings["init"])
@@ -207,7 +209,7 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
     config = {
         **settings, "n_train": train.size, "n_eval": eval_data.size, "n_test": test.size,
         "eval_data": "validation" if settings["validation"] else "test",
-        "data_sha256": runs.data_fingerprint(datasets),
+        "data_sha256": data_fingerprint(datasets),
         "segments": [dict(s) for s in saved.get("segments", [])],
     }
     opt_state, history, done, best_params = None, None, 0, None
@@ -219,22 +221,22 @@ def _prepare(args: argparse.Namespace, given: set[str], command: list[str]) -> t
             if ckpt.config.get(k) != config[k]:
                 raise BadInput(f"the data changed since the run started: {k} is {config[k]}, the checkpoint was "
                                f"trained with {ckpt.config.get(k)}; resume with the same data")
-        runs.check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
+        check_same_data(ckpt.config.get("data_sha256"), config["data_sha256"], out=out)
         params, opt_state, shuffle_key, history, done = (
             ckpt.state.params, ckpt.state.opt_state, ckpt.key, ckpt.history, ckpt.epoch)
         if settings["patience"] is not None and history.best_epoch is not None:
-            best_path = os.path.join(out, runs.best_params_name(history.best_epoch))
+            best_path = os.path.join(out, run_folder.best_params_name(history.best_epoch))
             with bad_input():
                 best_params = gd.load_params(best_path)
         if settings["epochs"] < done:
             raise UsageError(f"--epochs {settings['epochs']} is fewer than the {plural(done, 'epoch')} {out!r} has "
                              f"done; pass --epochs {done} or more")
     elif saved:  # resumed before its first checkpoint
-        runs.check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out or "")
+        check_same_data(saved.get("data_sha256"), config["data_sha256"], out=out or "")
     for segment in config["segments"]:  # the epochs a killed segment saved are all it contributed
         if segment.get("last_epoch") is None or segment["last_epoch"] > done:
             segment["last_epoch"] = done
-    config["segments"].append(runs.environment(command, first_epoch=done + 1))
+    config["segments"].append(environment(command, first_epoch=done + 1))
     plan = _Plan(settings, config, optimizer, stateful, cost, params, opt_state, shuffle_key, history, done,
                  checkpoint, train, eval_data, test, best_params)
     return out, plan
@@ -250,10 +252,10 @@ def run_train(args: argparse.Namespace, given: set[str], command: list[str]) -> 
         except PeerLostError as e:  # another process died or hung: one line, and out at once
             exit_peer_lost(e, resume=out)
     if args.resume is not None:
-        folder = runs.open_run_folder(args.resume)
-        folder.write_json(runs.CONFIG, plan.config)
+        folder = run_folder.open_run_folder(args.resume)
+        folder.write_json(run_folder.CONFIG, plan.config)
     else:
-        folder = runs.claim_run_folder(out, plan.config, overwrite=args.overwrite)
+        folder = run_folder.claim_run_folder(out, plan.config, overwrite=args.overwrite)
     # From here on the run folder is written, every file atomically: an interruption at any
     # moment leaves each file whole, and the newest checkpoint to resume from.
     with folder:
@@ -290,21 +292,21 @@ def _divergence(e: Any, settings: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return message, fact
 
 
-def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
+def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) -> int:
     """Trains and writes the run folder (everything is validated by now)."""
 
     s, config = plan.settings, plan.config
     history = plan.history
 
     def save(epoch: int, state: gd.TrainState, history: gd.History, best_params: Any = None) -> None:
-        with runs.interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
+        with signals.interrupts_deferred():  # the checkpoint, params.npz and history.json of one epoch, together
             new_best = best_params is not None and history.best_epoch == epoch  # what --patience returns
             if new_best:  # before the checkpoint that records it
-                gd.save_params(folder.file(runs.best_params_name(epoch)), best_params)
+                gd.save_params(folder.file(run_folder.best_params_name(epoch)), best_params)
             save_checkpoint(folder.checkpoints, epoch=epoch, state=state, key=plan.key, history=history,
                             config=config)
             if new_best:
-                runs.remove_best_params_except(folder.path, epoch)
+                run_folder.remove_best_params_except(folder.path, epoch)
             gd.save_params(folder.file("params.npz"), state.params)
             folder.write_json("history.json", {"config": config, **history.to_dict()})
             plan.done = epoch
@@ -315,7 +317,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         print(f"gd-jax: resuming {folder.path} after epoch {plan.done} of {s['epochs']} ({plan.checkpoint})",
               file=sys.stderr)
 
-    progress = runs.EpochProgress(s["epochs"], plan.done, eval_name=config["eval_data"], enabled=not args.no_progress)
+    progress = EpochProgress(s["epochs"], plan.done, eval_name=config["eval_data"], enabled=not args.no_progress)
     live = {"history": history if history is not None else gd.History()}
     # TensorBoard follows the run: each epoch's scalars are flushed as it ends (a resumed stream goes on).
     events = LiveEvents(folder.path, config, history=history, enabled=not args.no_tensorboard)
@@ -328,7 +330,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
 
     def finish_segment() -> None:
         config["segments"][-1]["last_epoch"] = plan.done
-        folder.write_json(runs.CONFIG, config)
+        folder.write_json(run_folder.CONFIG, config)
 
     try:
         params, history = _fit(plan, on_epoch_end=on_epoch_end, mesh=args.mesh)
@@ -338,21 +340,21 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
             traceback.print_exc()
         kept = checkpoint_path(folder.checkpoints, plan.done)
         message, fact = _divergence(e, s)
-        with runs.interrupts_deferred():
+        with signals.interrupts_deferred():
             finish_segment()
             folder.write_json("history.json", {"config": config, **e.history.to_dict(), "divergence": fact,
                                                "last_good_epoch": plan.done})
-            runs.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard)
+            run_folder.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
         print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
               f"{which}: {kept} and params.npz", file=sys.stderr)
         return EXIT_DIVERGED
     except KeyboardInterrupt:
         progress.close()
-        with runs.interrupts_deferred():
+        with signals.interrupts_deferred():
             finish_segment()
             folder.write_json("history.json", {"config": config, **live["history"].to_dict()})
-            runs.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard)
+            run_folder.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard)
         raise
     finally:
         progress.close()
@@ -360,12 +362,12 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
 
     test = plan.test
     test_cost, test_accuracy = gd.evaluate(params, test, cost=plan.cost, activation=s["activation"])
-    with runs.interrupts_deferred():
+    with signals.interrupts_deferred():
         finish_segment()
         gd.save_params(folder.file("params.npz"), params)
         folder.write_json("history.json", {"config": config, **history.to_dict(), "test_cost": test_cost,
                                            "test_accuracy": test_accuracy})
-        runs.write_figures(folder, history, config, params=params, test=test, test_cost=test_cost,
+        run_folder.write_figures(folder, history, config, params=params, test=test, test_cost=test_cost,
                            test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard)
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
@@ -375,7 +377,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: runs.RunFolder) -> int:
         why = (f"stopped early: no better {config['eval_data']} accuracy in the {plural(s['patience'], 'epoch')} "
                f"after epoch {best}" if history.stop_reason == "early_stopping"
                else f"the best {config['eval_data']} accuracy was epoch {best}'s")
-        print(f"{why}; params.npz holds epoch {best}'s parameters (also {runs.best_params_name(best)})")
+        print(f"{why}; params.npz holds epoch {best}'s parameters (also {run_folder.best_params_name(best)})")
     if history.stop_reason == "eta_schedule":
         print(f"stopped by the schedule: eta fell to 1/128 of {s['learning_rate']:g} after "
               f"{plural(len(history), 'epoch')}")

@@ -100,8 +100,8 @@ from gd_jax.cli.bench.report import compare_results, format_markdown, format_tab
 from gd_jax.cli.bench.time_to_accuracy import measure_time_to_accuracy
 from gd_jax.cli.bench.timing import Timing, describe_machine, git_commit, load_note
 from gd_jax.cli.bench.variants import step_kernels
+from gd_jax.cli.errors import BadInput, bad_input
 from gd_jax.cli.flags import compile_cache_folder, use_compile_cache
-from gd_jax.cli.runs import BadInput, bad_input
 
 __all__ = [
     "SCHEMA_VERSION",
