@@ -94,6 +94,9 @@ def test_arrays_are_readable_by_numpy_alone(tmp_path):
         np.testing.assert_array_equal(f["state/opt_state/0/trace/0/b"], state.opt_state[0].trace[0]["b"])
     manifest = ck.read_checkpoint_manifest(path)
     assert manifest["epoch"] == 1 and manifest["sizes"] == SIZES and len(manifest["history"]["epochs"]) == 1
+    # The format's name and version are on disk: every checkpoint written since version 1 must still load,
+    # wherever the module that writes them lives.
+    assert (manifest["format"], manifest["version"]) == ("gd_jax.checkpoint", 1)
 
 
 @pytest.mark.parametrize(("keep", "kept"), [(1, [5]), (2, [4, 5]), (3, [3, 4, 5]), (None, [0, 1, 2, 3, 4, 5])])

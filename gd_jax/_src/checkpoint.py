@@ -78,7 +78,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
-FORMAT = "gd_jax._src.checkpoint"
+FORMAT = "gd_jax.checkpoint"  # the manifest's format name (unchanged since version 1: old checkpoints load)
 VERSION = 1
 MANIFEST = "manifest.json"  # the zip member holding the manifest
 KEY = "key"  # the npz array holding the PRNG key's data

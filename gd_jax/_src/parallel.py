@@ -305,14 +305,14 @@ def data_parallel_epoch(mesh: Mesh, x: Any, y: Any, state: TrainState, order: np
             new_state, finite = jax.block_until_ready(compiled(_replicate(state, replicated), *feed(order)))
             return _local(new_state), _local(finite)
         except Exception as e:  # a collective that failed because a peer died: say so in one line
-            if _is_peer_failure(e):
-                raise _peer_lost(e) from e
+            if is_peer_failure(e):
+                raise peer_lost_error(e) from e
             raise
 
     return run
 
 
-def _is_peer_failure(e: BaseException) -> bool:
+def is_peer_failure(e: BaseException) -> bool:
     # JAX raises its generic runtime error when a collective loses a peer: the message
     # (gloo's socket errors, the coordination service's status) is the only sign.
     text = str(e)
@@ -321,7 +321,7 @@ def _is_peer_failure(e: BaseException) -> bool:
         "unhealthy", "heartbeat"))
 
 
-def _peer_lost(e: BaseException) -> PeerLostError:
+def peer_lost_error(e: BaseException) -> PeerLostError:
     me, count = jax.process_index(), jax.process_count()
     others = [p for p in range(count) if p != me]
     who = f"process {others[0]}" if len(others) == 1 else f"one of processes {', '.join(map(str, others))}"

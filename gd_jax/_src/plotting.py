@@ -48,7 +48,7 @@ DPI = 100
 RUN_FIGURES = ("history.png", "confusion.png", "misclassified.png", "hidden_weights.png")
 
 
-def _pyplot():
+def pyplot():
     matplotlib = require("matplotlib", purpose="figures")
 
     matplotlib.use("Agg")  # files only: never needs a display
@@ -57,8 +57,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: str | os.PathLike) -> None:
+    plt = pyplot()
     png = io.BytesIO()
     try:
         fig.savefig(png, format="png", dpi=DPI)
@@ -136,7 +136,7 @@ def plot_history(
     if not isinstance(history, History):
         history = History.from_dict(dict(history))
     records = history.epochs
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
@@ -173,7 +173,7 @@ def plot_history(
     if config:
         lines.append(describe_config(config))
     fig.suptitle("\n".join(lines))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion_matrix(counts: np.ndarray, path: str | os.PathLike, *, title: str | None = None,
@@ -189,7 +189,7 @@ def plot_confusion_matrix(counts: np.ndarray, path: str | os.PathLike, *, title:
     counts = np.asarray(counts)
     n = counts.shape[0]
     total = int(counts.sum())
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6.2), constrained_layout=True)
     rows = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
@@ -205,7 +205,7 @@ def plot_confusion_matrix(counts: np.ndarray, path: str | os.PathLike, *, title:
     fig.colorbar(image, ax=ax, label="fraction of the true digit's examples")
     accuracy = np.trace(counts) / total if total else float("nan")
     ax.set_title(title or f"confusion matrix on the {data_name} set: accuracy {accuracy:.4f} of {total:,} examples")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _mosaic_axes(fig, rows: int, columns: int, cell: tuple[float, float], top_in: float, bottom_in: float):
@@ -266,7 +266,7 @@ def plot_misclassified(
     # A cell in image pixels: a title line, the digit, the bars (0 to 1), their class labels.
     title_h, gap, bars_h, labels_h = 0.25 * h, 0.12 * h, 0.62 * h, 0.22 * h
     cell = (1.25 * w, title_h + h + gap + bars_h + labels_h + gap)
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(columns * 1.4, rows * 2.0 + 1.0))
     ax = _mosaic_axes(fig, rows, columns, cell, top_in=0.6, bottom_in=0.4)
     mosaic = np.full((round(rows * cell[1]), round(columns * cell[0])), np.nan)
@@ -313,7 +313,7 @@ def plot_misclassified(
     fig.suptitle(f"misclassified {data_name} digits: {len(wrong):,} of {len(y):,} (first {len(chosen)} shown)")
     fig.supxlabel(f"bars: the output activation of each class 0-{n_classes - 1}, from 0 to 1 (green the true digit, "
                   "red the network's answer, their columns shaded)", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     return chosen
 
 
@@ -331,7 +331,7 @@ def plot_hidden_weights(params: Params, path: str | os.PathLike, *, image_shape:
     rows = math.ceil(n / columns)
     title_h, gap = 0.3 * h, 0.2 * h
     cell = (1.1 * w, title_h + h + gap)
-    plt = _pyplot()
+    plt = pyplot()
     fig = plt.figure(figsize=(columns * 1.5, rows * 1.6 + 1.0))
     ax = _mosaic_axes(fig, rows, columns, cell, top_in=0.6, bottom_in=0.4)
     mosaic = np.full((round(rows * cell[1]), round(columns * cell[0])), np.nan)
@@ -349,7 +349,7 @@ def plot_hidden_weights(params: Params, path: str | os.PathLike, *, image_shape:
     fig.suptitle(f"input weights of the first layer's {n} hidden neurons, as {h}x{w} images")
     fig.supxlabel("each image: one neuron's weight for each input pixel; red: ink there raises the neuron's "
                   "input, blue: lowers it", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_run_figures(

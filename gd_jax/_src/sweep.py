@@ -76,7 +76,7 @@ from gd_jax._src.epoch import TrainState, make_epoch, shuffled_order
 from gd_jax._src.model import combine_params, partition_params
 from gd_jax._src.network import Params
 from gd_jax._src.optim import GradientTransformation
-from gd_jax._src.parallel import _is_peer_failure, _peer_lost, check_same_across_processes, fingerprint
+from gd_jax._src.parallel import check_same_across_processes, fingerprint, is_peer_failure, peer_lost_error
 from gd_jax._src.seeds import SEED_LIMIT, seed_keys
 from gd_jax._src.train import (
     check_fit_arguments,
@@ -662,8 +662,8 @@ class _Program:
             state, metrics = jax.block_until_ready(compiled(state, hyper, active, x, y, orders, ex, ey))
             return state, {name: np.asarray(value)[:self.k] for name, value in _host(metrics).items()}
         except Exception as e:  # a collective that failed because a peer died: one line
-            if _is_peer_failure(e):
-                raise _peer_lost(e) from e
+            if is_peer_failure(e):
+                raise peer_lost_error(e) from e
             raise
 
     def stacked(self, state: TrainState) -> tuple[Params, Any]:
@@ -671,8 +671,8 @@ class _Program:
         try:
             state = _host(state)
         except Exception as e:
-            if _is_peer_failure(e):
-                raise _peer_lost(e) from e
+            if is_peer_failure(e):
+                raise peer_lost_error(e) from e
             raise
         state = jax.tree.map(lambda leaf, axis: jnp.moveaxis(leaf, axis, 0), state, self.axes)
         return tuple(state if len(self.pad) == self.k else _take(state, np.arange(self.k)))

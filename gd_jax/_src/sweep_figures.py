@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gd_jax._src.plotting import _pyplot, _save
+from gd_jax._src.plotting import pyplot, save_figure
 
 __all__ = ["SWEEP_FIGURES", "plot_sweep"]
 
@@ -100,7 +100,7 @@ def plot_sweep(result: Any, out: str | os.PathLike, *, metric: str = "eval_accur
     Returns:
       The paths written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     diverged = sum(m["stop_reason"] == "diverged" for m in result.models)
     note = f"{len(result)} models" + (f", {diverged} diverged" if diverged else "")
     paths = [os.path.join(os.fspath(out), name) for name in SWEEP_FIGURES]
@@ -114,12 +114,12 @@ def plot_sweep(result: Any, out: str | os.PathLike, *, metric: str = "eval_accur
             _accuracy_axis(ax, grid_result, name, finals, metric)
         heading = f"{title} - {note}" if title else note
         fig.suptitle(f"final {metric.replace('_', ' ')} against each swept value\n{heading}", fontsize="medium")
-        _save(fig, paths[0])
+        save_figure(fig, paths[0])
 
         fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
         _costs_axis(ax, result)
         ax.set_title(f"training cost per epoch\n{heading}", fontsize="medium")
-        _save(fig, paths[1])
+        save_figure(fig, paths[1])
     return paths
 
 
