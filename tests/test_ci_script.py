@@ -30,8 +30,12 @@ def ci_copy(tmp_path):
     """A repository with this one's .ci folder, a developer's .venv holding a file, and the stand-in."""
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True)
-    for name in ("run", "constraints.txt", "floor.txt"):
+    for name in ("run", "constraints.txt", "floor.txt", "core_check.py"):
         (repo / ".ci" / name).write_bytes((ROOT / ".ci" / name).read_bytes())
+    # .ci/docs builds the site for real (mkdocs, chromium): here a stand-in records that it ran, and with which Python.
+    docs = repo / ".ci" / "docs"
+    docs.write_text('#!/usr/bin/env bash\necho ".ci/docs PYTHON=$PYTHON" >> "$CI_LOG"\n')
+    docs.chmod(0o755)
     (repo / ".venv").mkdir()
     (repo / ".venv" / "mine").write_text("a developer's own environment")
     stand_in = tmp_path / "python3"
@@ -59,8 +63,8 @@ def test_ci_keeps_the_developers_venv_and_uses_its_own_folder(ci_copy):
     assert (repo / ".venv" / "mine").read_text() == "a developer's own environment"
     calls = [shlex.split(line) for line in log.read_text().splitlines()]
     made = [call[3] for call in calls if call[1:3] == ["-m", "venv"]]
-    assert made == [".ci/venvs/tested", ".ci/venvs/floor"]
-    assert sorted(p.name for p in (repo / ".ci" / "venvs").iterdir()) == ["floor", "tested"]
+    assert made == [".ci/venvs/tested", ".ci/venvs/floor", ".ci/venvs/core"]
+    assert sorted(p.name for p in (repo / ".ci" / "venvs").iterdir()) == ["core", "floor", "tested"]
 
 
 def test_ci_installs_each_version_set_and_runs_its_suite(ci_copy):
@@ -69,15 +73,25 @@ def test_ci_installs_each_version_set_and_runs_its_suite(ci_copy):
     by_venv: dict[str, list[list[str]]] = {}
     for line in log.read_text().splitlines():
         program, *args = shlex.split(line)
-        for name in ("tested", "floor"):
+        for name in ("tested", "floor", "core"):
             if program.endswith(f".ci/venvs/{name}/bin/python"):
                 by_venv.setdefault(name, []).append(args)
     installs = {name: [a for a in calls if a[:3] == ["-m", "pip", "install"]] for name, calls in by_venv.items()}
+    # The tested set installs what the README's test command installs, then the docs extra for the site.
     assert installs["tested"] == [["-m", "pip", "install", "--quiet", "--constraint", ".ci/constraints.txt",
-                                   "-e", ".[test]"]]
+                                   "-e", ".[test]"],
+                                  ["-m", "pip", "install", "--quiet", "--constraint", ".ci/constraints.txt",
+                                   "-e", ".[docs,test]"]]
     assert installs["floor"] == [["-m", "pip", "install", "--quiet", "--constraint", ".ci/floor.txt", "-e", ".[test]"]]
+    # The core set: the four hard requirements, gd_jax without its extras, and the check that it trains.
+    assert installs["core"] == [["-m", "pip", "install", "--quiet", "--constraint", ".ci/constraints.txt", "jax",
+                                 "jaxlib", "numpy", "optax"],
+                                ["-m", "pip", "install", "--quiet", "--no-deps", "-e", "."]]
+    assert [".ci/core_check.py"] in by_venv["core"]
     suites = {name: [a for a in calls if a[:2] == ["-m", "pytest"]] for name, calls in by_venv.items()}
-    assert suites == {"tested": [["-m", "pytest"]], "floor": [["-m", "pytest", "-m", "not slow"]]}
+    assert suites == {"tested": [["-m", "pytest"]], "floor": [["-m", "pytest", "-m", "not slow"]], "core": []}
+    assert ["-m", "mypy"] in by_venv["tested"]
+    assert ".ci/docs PYTHON=.ci/venvs/tested/bin/python" in log.read_text()
 
 
 def test_ci_refuses_a_python_older_than_3_11(ci_copy, tmp_path):
@@ -88,7 +102,6 @@ def test_ci_refuses_a_python_older_than_3_11(ci_copy, tmp_path):
     done = _run(repo, old, log)
     assert done.returncode == 2 and "older than 3.11; set PYTHON" in done.stderr
     assert not (repo / ".ci" / "venvs").exists() and (repo / ".venv" / "mine").exists()
-
 
 
 def test_a_failing_suite_fails_ci_but_the_other_set_still_runs(ci_copy):
@@ -108,4 +121,4 @@ def test_one_version_set_can_be_run_alone(ci_copy, sets, ran):
 def test_an_unknown_version_set_is_refused(ci_copy):
     repo, stand_in, log = ci_copy
     done = _run(repo, stand_in, log, "newest")
-    assert done.returncode == 2 and "unknown version set 'newest'" in done.stderr
+    assert done.returncode == 2 and "unknown set 'newest'" in done.stderr

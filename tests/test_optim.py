@@ -569,13 +569,12 @@ def test_scale_keeps_low_precision_updates_in_their_dtype():
     _assert_same(updates, reference)
 
 
-def test_readme_optimizers_example_runs_and_each_optimizer_trains(small_train):
-    """The README's Optimizers block, run as written; each optimizer then takes real steps like optax's."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Optimizers"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_the_docs_optimizers_example_runs_and_each_optimizer_trains(small_train):
+    """The Optimizers page's block, run as written; each optimizer then takes real steps like optax's."""
+    page = (Path(__file__).resolve().parents[1] / "docs/how-to/optimizers.md").read_text()
+    block = re.search(r"```python\n(.*?)```", page, re.S).group(1)
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/how-to/optimizers.md", "exec"), namespace)
     assert float(namespace["state"].scale) == 0.5
     references = [
         optax.sgd(3.0, momentum=0.9, nesterov=True),

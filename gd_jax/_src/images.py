@@ -414,7 +414,7 @@ def load_trained_network(run: str | os.PathLike, *, model: int | str | Mapping[s
     config: dict[str, Any] = {}
     config_path = os.path.join(folder, "config.json")
     if os.path.isfile(config_path):
-        config = read_json_object(config_path, fix="the run folder is damaged; train it again")
+        config = read_json_object(config_path, fix="the run folder is damaged: train it again")
     params = load_params(params_path)
     return TrainedNetwork(params, str(config.get("activation", "sigmoid")), config)
 

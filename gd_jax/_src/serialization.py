@@ -31,7 +31,7 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
 
     Args:
       path: the file.
-      fix: what to do when it is damaged, for the message (e.g. ``"start a new run"``).
+      fix: what is wrong and what to do, for the message (e.g. ``"it is damaged: start a new run"``).
 
     Raises:
       FileNotFoundError: there is no such file.
@@ -44,9 +44,9 @@ def read_json_object(path: str | os.PathLike, *, fix: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path!r} as JSON ({e}); it is damaged: {fix}") from None
+        raise ValueError(f"{path!r} is not readable JSON ({e}); {fix}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path!r} does not hold a JSON object of settings; it is damaged: {fix}")
+        raise ValueError(f"{path!r} does not hold a JSON object of settings; {fix}")
     return value
 
 def file_mode(folder: str | os.PathLike = ".") -> int:

@@ -65,7 +65,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
       BadInput: it cannot be read, is not JSON, or holds no dict.
     """
     with bad_input():
-        return read_json_object(path, fix="start a new run")
+        return read_json_object(path, fix="it is damaged: start a new run")
 
 
 def _stale_temporaries(folder: str) -> list[str]:
