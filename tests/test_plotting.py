@@ -107,7 +107,7 @@ def test_confusion_matrix_refuses_labels_outside_the_outputs(trained):
 def drawn(monkeypatch):
     """What each figure showed, by file name, read from the figure just before it is saved."""
     seen: dict[str, dict] = {}
-    save = plotting._save
+    save = plotting.save_figure
 
     def record(fig, path):
         axes = fig.get_axes()
@@ -124,7 +124,7 @@ def drawn(monkeypatch):
         }
         save(fig, path)
 
-    monkeypatch.setattr(plotting, "_save", record)
+    monkeypatch.setattr(plotting, "save_figure", record)
     return seen
 
 
@@ -188,8 +188,8 @@ def _cells_with_colour(path, fig, colour, *, rows: int, columns: int = 8, tolera
 def test_gallery_bars_carry_class_labels_in_legible_text(trained, tmp_path, monkeypatch):
     params, _, test = trained
     figures = []
-    save = plotting._save
-    monkeypatch.setattr(plotting, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    save = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path)))
     shown = plotting.plot_misclassified(params, test, tmp_path / "m.png", max_digits=8)
     texts = [t for ax in figures[0].get_axes() for t in ax.texts]
     assert min(t.get_fontsize() for t in texts) >= 6.5  # matplotlib's 5 pt is illegible at 100 dpi
@@ -203,8 +203,8 @@ def test_the_answer_bar_shows_when_every_activation_is_near_zero(trained, tmp_pa
     """A network whose activations are all about 1e-6 still shows which bar is its answer (and the truth)."""
     params, _, test = trained
     figures = []
-    save = plotting._save
-    monkeypatch.setattr(plotting, "_save", lambda fig, path: (figures.append(fig), save(fig, path)))
+    save = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path)))
     faint = lambda p, x: gd.predict(p, x) * 1e-6  # noqa: E731
     shown = plotting.plot_misclassified(params, test, tmp_path / "faint.png", max_digits=8, predict_fn=faint)
     assert len(shown) == 8

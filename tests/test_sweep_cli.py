@@ -209,7 +209,7 @@ def test_plot_sweep_draws_titled_fractions_and_whole_epoch_ticks(finished, tmp_p
     _, out = finished
     result = gd.load_sweep(out)
     seen = {}
-    original = sweep_figures._save
+    original = sweep_figures.save_figure
 
     def keep(fig, path):
         seen[os.path.basename(path)] = [(ax.get_ylabel(), ax.get_ylim(), list(ax.get_xticks()),
@@ -217,11 +217,11 @@ def test_plot_sweep_draws_titled_fractions_and_whole_epoch_ticks(finished, tmp_p
                                         for ax in fig.axes]
         original(fig, path)
 
-    sweep_figures._save = keep
+    sweep_figures.save_figure = keep
     try:
         sweep_figures.plot_sweep(result, tmp_path, title="a sweep")
     finally:
-        sweep_figures._save = original
+        sweep_figures.save_figure = original
         plt.close("all")
     (ylabel, ylim, _, _, suptitle), = seen["accuracy.png"]
     assert "fraction" in ylabel and ylim[1] <= 1.05 and "a sweep" in suptitle
