@@ -29,13 +29,20 @@ def test_jax_grad_matches_textbook_backprop(mnist_sample, cost, name, sizes):
         np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-6)
 
 
+def _small_float64_problem(train, *, seed: int, rows: int):
+    """A [12, 5, 4] float64 network on 12 real pixels of ``rows`` digits, labels folded into 4 classes.
+
+    Small, so that finite differences (one parameter at a time) stay quick.
+    """
+    params = gd.init_mlp(jax.random.key(seed), [12, 5, 4], "scaled", dtype=jnp.float64)
+    x = jnp.asarray(train.x[:rows, 400:412], jnp.float64)
+    y = jax.nn.one_hot(jnp.asarray(train.y[:rows]) % 4, 4, dtype=jnp.float64)
+    return params, x, y
+
+
 @pytest.mark.parametrize("cost", [gd.quadratic_cost, gd.cross_entropy_cost, gd.log_likelihood_cost])
 def test_jax_grad_matches_finite_differences_in_float64(x64, mnist_sample, cost):
-    train = mnist_sample[0]
-    # A small network on a few real pixels keeps the one-parameter-at-a-time loop quick.
-    params = gd.init_mlp(jax.random.key(2), [12, 5, 4], "scaled", dtype=jnp.float64)
-    x = jnp.asarray(train.x[:8, 400:412], jnp.float64)
-    y = jax.nn.one_hot(jnp.asarray(train.y[:8]) % 4, 4, dtype=jnp.float64)
+    params, x, y = _small_float64_problem(mnist_sample[0], seed=2, rows=8)
     got = jax.grad(cost)(params, x, y)
     want = gd.finite_difference_grad(cost, params, x, y, eps=1e-6)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -112,10 +119,7 @@ def test_closed_form_per_example_grads_equal_vmap_grad(mnist_sample, cost, sizes
 
 @pytest.mark.parametrize("cost", [gd.quadratic_cost, gd.cross_entropy_cost, gd.log_likelihood_cost])
 def test_closed_form_per_example_grads_match_finite_differences_in_float64(x64, mnist_sample, cost):
-    train = mnist_sample[0]
-    params = gd.init_mlp(jax.random.key(4), [12, 5, 4], "scaled", dtype=jnp.float64)
-    x = jnp.asarray(train.x[:3, 400:412], jnp.float64)
-    y = jax.nn.one_hot(jnp.asarray(train.y[:3]) % 4, 4, dtype=jnp.float64)
+    params, x, y = _small_float64_problem(mnist_sample[0], seed=4, rows=3)
     closed = dense_per_example_grads(cost, params, x, y)
     for i in range(3):
         want = gd.finite_difference_grad(cost, params, x[i:i + 1], y[i:i + 1], eps=1e-6)
