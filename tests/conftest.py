@@ -8,6 +8,7 @@ The setting is made through the environment before JAX reads it, so that the CLI
 tests start as subprocesses get it too, and through ``jax.config`` for this process.
 """
 
+import collections
 import importlib.metadata
 import os
 import re
@@ -21,6 +22,19 @@ import pytest
 os.environ.setdefault("GD_JAX_COMPILE_CACHE", "off")
 
 import gd_jax as gd
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the modules with the most ``slow`` tests first, each module's tests in their own order.
+
+    With ``-n`` (pyproject's addopts), xdist hands whole modules to its workers in this order
+    (``--dist loadfile``): the long end-to-end modules start first and the many quick ones even
+    out the end, instead of one long module running alone after the rest (longest first).
+    """
+    module = lambda item: item.nodeid.split("::")[0]  # noqa: E731
+    slow = collections.Counter(module(item) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[module(item)])  # stable: ties keep pytest's order
+
 
 MATMUL_PRECISION = "highest"
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = MATMUL_PRECISION

@@ -1,11 +1,11 @@
 """The built documentation site, opened as a person would: every page in a real headless Chromium.
 
-It serves ``site/`` (made by ``mkdocs build --strict``; built here when missing) on 127.0.0.1 and
-opens every page in Debian's ``chromium`` driven by Playwright (never a downloaded browser). A page
-fails on a status other than 200, a console error or uncaught exception, a request to any other
-host (the site must work offline), a failed request, a broken image or a link to a page of the
-site that does not exist. The site's search must find
-a public name from the built files alone. A screenshot of the home page goes to
+It serves ``site/`` (made by ``mkdocs build --strict``; built here into a temporary folder when
+missing) on 127.0.0.1 and opens every page in Debian's ``chromium`` driven by Playwright (never a
+downloaded browser). A page fails on a status other than 200, a console error or uncaught exception,
+a request to any other host (the site must work offline), a failed request, a broken image or a link
+to a page of the site that does not exist. The site's search must find a public name from the built
+files alone. A screenshot of the home page goes to
 ``build/docs/home.png`` (``GD_JAX_SITE_SCREENSHOT`` elsewhere).
 
 Skips, saying why, where chromium, Playwright or the site (and mkdocs to build it) is missing;
@@ -45,14 +45,21 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture(scope="module")
-def site() -> Path:
-    if not (SITE / "index.html").exists():
-        if shutil.which("mkdocs") is None and subprocess.run([sys.executable, "-c", "import mkdocs"]).returncode:
-            _skip(f"no built site at {SITE} and mkdocs is not installed to build it (pip install -e '.[docs]')")
-        done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=1800)
-        assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-4000:]}"
-    return SITE
+def site(tmp_path_factory) -> Path:
+    """The built site: ``SITE`` where it exists, else one built here into a temporary folder.
+
+    Never into ``site/`` itself: tests/test_docs.py reads a built ``site/`` and may run at the
+    same time on another pytest worker, which must not see a half-written one.
+    """
+    if (SITE / "index.html").exists():
+        return SITE
+    if shutil.which("mkdocs") is None and subprocess.run([sys.executable, "-c", "import mkdocs"]).returncode:
+        _skip(f"no built site at {SITE} and mkdocs is not installed to build it (pip install -e '.[docs]')")
+    built = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(built)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-4000:]}"
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +125,7 @@ def _open(context, url: str, problems: list[str], origin: str):
     return page
 
 
+@pytest.mark.slow  # builds the site (about a minute) unless .ci/docs has
 def test_every_page_opens_clean_in_chromium(site, server, browser):
     pages = _pages(site)
     assert len(pages) > 20, f"the site has only {len(pages)} pages: {pages}"
@@ -144,6 +152,7 @@ def test_every_page_opens_clean_in_chromium(site, server, browser):
     assert not failures, f"{len(failures)} problems:\n" + "\n".join(failures[:50])
 
 
+@pytest.mark.slow
 def test_search_works_offline(site, server, browser):
     problems: list[str] = []
     page = _open(browser, server + "/", problems, server)
