@@ -169,3 +169,39 @@ def test_progress_bar_on_a_terminal_is_labelled():
 
 def test_plural():
     assert [progress.plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+
+
+def _history(epochs: int = 2):
+    import gd_jax as gd
+
+    return gd.History.from_dict({"epochs": [{"epoch": e, "train_cost": 1.0 / e, "eval_accuracy": 0.5}
+                                            for e in range(1, epochs + 1)]})
+
+
+def test_the_figure_warm_up_ends_before_the_first_figure_is_drawn(tmp_path, monkeypatch):
+    """matplotlib is not thread-safe: write_figures joins the warm-up thread before it draws."""
+    import threading
+    import time
+
+    from gd_jax._src import plotting
+
+    order = []
+    monkeypatch.setattr(plotting, "warm_up", lambda: (time.sleep(0.5), order.append("warm-up")))
+    monkeypatch.setattr(run_folder, "plot_history", lambda *a, **k: order.append("figure"))
+    thread = run_folder.start_figure_warm_up()
+    assert isinstance(thread, threading.Thread) and thread.daemon
+    run_folder.write_figures(run_folder.RunFolder(str(tmp_path), None), _history(), {}, tensorboard=False,
+                             warm_up=thread)
+    assert order == ["warm-up", "figure"]
+
+
+def test_a_failed_figure_warm_up_is_left_to_the_figures_to_report(monkeypatch):
+    import threading
+
+    from gd_jax._src import plotting
+
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    monkeypatch.setattr(plotting, "warm_up", lambda: 1 / 0)
+    run_folder.start_figure_warm_up().join()
+    assert uncaught == []

@@ -31,10 +31,12 @@ import contextlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from gd_jax._src import plotting
 from gd_jax._src.checkpoint import list_checkpoints
 from gd_jax._src.plotting import RUN_FIGURES, plot_history, write_run_figures
 from gd_jax._src.serialization import atomic_write_bytes, read_json_object
@@ -288,9 +290,25 @@ def open_run_folder(path: str) -> RunFolder:
     return folder
 
 
+def start_figure_warm_up() -> threading.Thread:
+    """Starts ``plotting.warm_up`` in a daemon thread; pass it to ``write_figures`` as ``warm_up``.
+
+    Training runs in XLA with the GIL released, so the warm-up takes the other core meanwhile.
+    A failure there is left for the real figures to report, in the main thread, with its fix.
+    """
+
+    def warm_up() -> None:
+        with contextlib.suppress(Exception):
+            plotting.warm_up()
+
+    thread = threading.Thread(target=warm_up, name="gd-jax figure warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *, params: Any = None,
                   test: Any = None, test_cost: float | None = None, test_accuracy: float | None = None,
-                  tensorboard: bool = True) -> None:
+                  tensorboard: bool = True, warm_up: threading.Thread | None = None) -> None:
     """Draws the run's figures for whatever epochs exist, and its TensorBoard event file.
 
     A finished run (``params`` and ``test`` given) gets all of ``plotting.RUN_FIGURES``: the
@@ -298,9 +316,12 @@ def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
     hidden neurons' weights; a run that stopped early (diverged, interrupted) the learning
     curves of the epochs it finished. Without any epoch there is nothing to draw. With
     ``tensorboard``, the event file holds the same curves, the hyperparameters and the figures.
+    ``warm_up``: the thread of ``start_figure_warm_up``, joined before drawing.
     """
     if not len(history):
         return
+    if warm_up is not None:  # matplotlib is not thread-safe: the warm-up ends before the figures start
+        warm_up.join()
 
     eval_label = "validation" if config.get("eval_data") == "validation" else "test"
     if params is not None and test is not None:

@@ -321,6 +321,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
     live = {"history": history if history is not None else gd.History()}
     # TensorBoard follows the run: each epoch's scalars are flushed as it ends (a resumed stream goes on).
     events = LiveEvents(folder.path, config, history=history, enabled=not args.no_tensorboard)
+    warm_up = run_folder.start_figure_warm_up()  # matplotlib's first-figure costs, paid while training
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
         save(end.epoch, end.state, end.history, end.best_params)
@@ -344,7 +345,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
             finish_segment()
             folder.write_json("history.json", {"config": config, **e.history.to_dict(), "divergence": fact,
                                                "last_good_epoch": plan.done})
-            run_folder.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard)
+            run_folder.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard, warm_up=warm_up)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
         print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
               f"{which}: {kept} and params.npz", file=sys.stderr)
@@ -354,7 +355,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
         with signals.interrupts_deferred():
             finish_segment()
             folder.write_json("history.json", {"config": config, **live["history"].to_dict()})
-            run_folder.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard)
+            run_folder.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard,
+                                     warm_up=warm_up)
         raise
     finally:
         progress.close()
@@ -368,7 +370,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
         folder.write_json("history.json", {"config": config, **history.to_dict(), "test_cost": test_cost,
                                            "test_accuracy": test_accuracy})
         run_folder.write_figures(folder, history, config, params=params, test=test, test_cost=test_cost,
-                           test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard)
+                                 test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard, warm_up=warm_up)
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
     compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do
