@@ -39,6 +39,11 @@ __all__ = [
 
 PredictFn = Callable[[Params, "jnp.ndarray"], "jnp.ndarray"]
 
+# The forward pass as one compiled program: run op by op, JAX compiles each primitive for each
+# new shape, about 14 small compilations for a run's figures (most of their time, where no
+# persistent compilation cache holds them).
+_predict = jax.jit(predict, static_argnames="activation")
+
 
 def output_activations(params: Params, x, *, activation: str = "sigmoid",
                        predict_fn: PredictFn | None = None) -> np.ndarray:
@@ -51,7 +56,7 @@ def output_activations(params: Params, x, *, activation: str = "sigmoid",
       predict_fn: ``predict_fn(params, x) -> scores`` for any other model; default ``gd.predict``.
     """
     if predict_fn is None:
-        return np.asarray(predict(params, jnp.asarray(x), activation=activation))
+        return np.asarray(_predict(params, jnp.asarray(x), activation=activation))
     return np.asarray(predict_fn(params, jnp.asarray(x)))
 
 

@@ -279,7 +279,8 @@ def plot_misclassified(
     chosen = np.asarray(wrong if indices is None else indices, dtype=np.int64)[:max_digits]
     x = np.asarray(data.x)
     y = np.asarray(data.y)
-    a = output_activations(params, x[chosen], activation=activation, predict_fn=predict_fn)
+    # All rows, as misclassified just ran them: the same compiled program, no new one for len(chosen) rows.
+    a = output_activations(params, x, activation=activation, predict_fn=predict_fn)[chosen]
     columns = 8
     rows = max(1, math.ceil(len(chosen) / columns))
     h, w = image_shape
