@@ -9,6 +9,8 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ import pytest
 import gd_jax as gd
 from gd_jax import cli
 from gd_jax.cli import bench
-from gd_jax.cli.bench import numpy_worker, timing, variants  # noqa: F401  (bench.<module> below)
+from gd_jax.cli.bench import numpy_worker, timing, train_command, variants  # noqa: F401  (bench.<module> below)
 from gd_jax.cli.errors import BadInput
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -26,7 +28,8 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 # A configuration small enough for a unit test that still runs every part: 600 rows with
 # batches of 32 leave a smaller last batch of 24, so the checks cover the epoch's tail.
 TINY = bench.BenchConfig(batch_sizes=(32,), rows=600, repeats=2, warmup=0, check_steps=3, textbook_batches=2,
-                         peak_size=64, per_example_batch=8, max_epochs=1, target_accuracy=0.5)
+                         peak_size=64, per_example_batch=8, max_epochs=1, target_accuracy=0.5,
+                         train_command_runs=0)  # the whole command has tests of its own below
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +277,37 @@ def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
         for name, v in table["variants"].items():
             assert v["status"] == ("skipped" if name == "torch" and not HAS_TORCH else "ok"), (name, v)
     assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    command = r["train_command"]
+    assert command["status"] == "ok" and len(command["warm_seconds"]) == 1, command
+    assert command["command"] == "gd-jax train --no-progress" and command["command"] in printed
+    assert next(t for t in r["targets"] if t["target"].startswith("gd-jax train"))["goal"] == 3.0
+
+
+def test_the_whole_command_is_timed_once_cold_then_warm(tmp_path):
+    seen = tmp_path / "seen"
+    # A stand-in command that records the compilation cache and the working directory it was given,
+    # then sleeps 0.3 s times the number of runs before it: the timings say which run is which.
+    record = (f"import os, time; path = {str(seen)!r}; runs = len(open(path).readlines()) if os.path.exists(path) "
+              "else 0; open(path, 'a').write(os.environ['GD_JAX_COMPILE_CACHE'] + ' ' + os.getcwd() + '\\n'); "
+              "time.sleep(0.3 * runs)")
+    timed = bench.train_command.measure_train_command(2, command=[sys.executable, "-c", record])
+    assert timed["status"] == "ok" and len(timed["warm_seconds"]) == 2
+    assert timed["warm_seconds"][0] >= 0.3 and timed["warm_seconds"][1] >= 0.6  # the first run is not among them
+    assert timed["median"] == np.median(timed["warm_seconds"]) and timed["min"] == min(timed["warm_seconds"])
+    runs = [line.split() for line in seen.read_text().splitlines()]
+    assert len(runs) == 3 and len({tuple(run) for run in runs}) == 1  # one cache, one folder, for every run
+    cache, folder = runs[0]
+    assert cache == os.path.join(folder, "compile-cache") and not os.path.exists(folder)  # removed afterwards
+
+
+def test_a_failing_command_is_recorded_with_its_last_line_and_no_target():
+    failed = bench.train_command.measure_train_command(1, command=[sys.executable, "-c", "raise SystemExit('no data')"])
+    assert failed["status"] == "failed" and failed["reason"] == "no data"
+    result = {"batch_sizes": [], "train_command": failed}
+    assert bench.targets(result) == []
+    ok = {"batch_sizes": [], "train_command": {"command": "gd-jax train", "status": "ok", "median": 4.0, "min": 2.5}}
+    [row] = bench.targets(ok)
+    assert (row["value"], row["value_of_mins"], row["goal"], row["met"]) == (4.0, 2.5, 3.0, False)
 
 
 def test_numpy_runs_in_its_own_process_without_the_machine_s_openblas_overrides(monkeypatch):

@@ -49,7 +49,8 @@ apart, until the evaluation accuracy first reaches a target; gd_jax's ``fit``, P
 vectorized numpy with the same initial parameters and batch orders), per-example gradients
 (``vmap(grad)`` against the batch gradient and a Python loop of gradients) and the cost of
 the batch order (an on-device ``jax.random.permutation`` against ``gd.shuffled_order`` plus
-the transfer).
+the transfer), and the whole command: wall seconds of ``gd-jax train`` with its defaults, start
+to exit, with a warm compilation cache of its own.
 
 A run on a busy machine (1-minute load average above half the cores at any point) carries a
 warning in its table, its markdown and its JSON (``load_warning``): such figures are not quoted.
@@ -59,7 +60,8 @@ the workload (``gd_jax/_src/xla_config.py``) before the backend starts.
 The package's parts: ``config`` (what a run measures), ``variants`` (the baselines, each in its
 best configuration), ``numpy_worker`` (numpy in its own process), ``timing`` (interleaved
 timing, memory, load, the machine), ``measures`` (one batch size, peak, per-example
-gradients), ``time_to_accuracy``, ``report`` (targets, table, chart, markdown, comparison).
+gradients), ``time_to_accuracy``, ``train_command`` (the whole command), ``report`` (targets,
+table, chart, markdown, comparison).
 
 From Python::
 
@@ -99,6 +101,7 @@ from gd_jax.cli.bench.numpy_worker import NumpyWorker
 from gd_jax.cli.bench.report import compare_results, format_markdown, format_table, plot_results, targets
 from gd_jax.cli.bench.time_to_accuracy import measure_time_to_accuracy
 from gd_jax.cli.bench.timing import Timing, describe_machine, git_commit, load_note
+from gd_jax.cli.bench.train_command import measure_train_command
 from gd_jax.cli.bench.variants import step_kernels
 from gd_jax.cli.errors import BadInput, bad_input
 from gd_jax.cli.flags import compile_cache_folder, use_compile_cache
@@ -149,6 +152,9 @@ def _measure_all(config: BenchConfig, result: dict[str, Any], x, y, device: jax.
     if config.time_to_accuracy:
         log("time to accuracy:")
         result["time_to_accuracy"] = measure_time_to_accuracy(config, device, measures.load, worker, log)
+    if config.train_command_runs:
+        log(f"the whole command: {config.train_command_runs} warm runs of gd-jax train")
+        result["train_command"] = measure_train_command(config.train_command_runs)
 
 
 def run(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -219,6 +225,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time-to-accuracy target (default 0.95 on mnist, 0.85 on the sample)")
     parser.add_argument("--max-epochs", type=int, help="time to accuracy gives up after this many (default 30)")
     parser.add_argument("--no-time-to-accuracy", action="store_true", help="skip time to accuracy")
+    parser.add_argument("--train-command-runs", type=int,
+                        help="warm timed runs of the whole gd-jax train command (default 3, --quick 1; 0 skips)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--baseline-threads", type=int, default=0,
                         help="threads of numpy's BLAS and PyTorch in their variants (default 0: the faster of 1 and "
@@ -238,7 +246,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     given: dict[str, Any] = {"sizes": args.sizes, "batch_sizes": args.batch_sizes, "rows": args.rows,
                              "repeats": args.repeats, "variants": args.variants, "max_epochs": args.max_epochs,
                              "target_accuracy": args.target_accuracy, "data_dir": args.data_dir,
-                             "idx_dir": args.idx_dir, "device": args.device, "hlo_dir": args.hlo_dir}
+                             "idx_dir": args.idx_dir, "device": args.device, "hlo_dir": args.hlo_dir,
+                             "train_command_runs": args.train_command_runs}
     given = {k: v for k, v in given.items() if v is not None}
     return dataclasses.replace(base, cost=args.cost, learning_rate=args.learning_rate, warmup=args.warmup,
                                dataset=args.dataset, seed=args.seed, time_to_accuracy=not args.no_time_to_accuracy,

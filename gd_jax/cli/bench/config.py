@@ -55,6 +55,8 @@ class BenchConfig:
         machine's OpenBLAS overrides (``OPENBLAS_CORETYPE``, ``OPENBLAS_L2_SIZE``) removed, so
         that OpenBLAS picks its own kernel for this CPU (recorded as ``threadpoolctl`` reports it).
       hlo_dir: a folder to write each JAX variant's optimised HLO to (``bs<B>-<variant>.hlo.txt``).
+      train_command_runs: timed runs of the whole ``gd-jax train`` command, warm compilation cache,
+        after one that fills it (0: skip; see ``train_command``).
       quick: the reduced run (recorded in the JSON).
     """
 
@@ -81,12 +83,13 @@ class BenchConfig:
     seed: int = 0
     baseline_threads: int | None = None
     hlo_dir: str | None = None
+    train_command_runs: int = 3
     quick: bool = False
 
 
 QUICK: dict[str, Any] = {"batch_sizes": (10, 128), "rows": 6_000, "repeats": 3, "check_steps": 5,
                          "textbook_batches": 20, "peak_size": 1024, "max_epochs": 3, "target_accuracy": 0.8,
-                         "per_example_batch": 32}
+                         "per_example_batch": 32, "train_command_runs": 1}
 """What ``--quick`` changes: a run of well under a minute that still exercises every part."""
 
 
@@ -100,7 +103,8 @@ def check_config(config: BenchConfig) -> None:
         raise ValueError(f"learning_rate must be a positive finite number, got {config.learning_rate}; "
                          "the textbook uses 3.0")
     for name, low in (("rows", 1), ("repeats", 1), ("warmup", 0), ("check_steps", 1), ("textbook_batches", 1),
-                      ("peak_size", 1), ("max_epochs", 1), ("tta_batch_size", 1), ("per_example_batch", 0)):
+                      ("peak_size", 1), ("max_epochs", 1), ("tta_batch_size", 1), ("per_example_batch", 0),
+                      ("train_command_runs", 0)):
         value = getattr(config, name)
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

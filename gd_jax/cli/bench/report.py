@@ -45,6 +45,9 @@ def _batch_targets(table: dict[str, Any]) -> list[tuple[str, Ratio, float, bool]
     return rows
 
 
+TRAIN_COMMAND_GOAL_S = 3.0  # a warm `gd-jax train` on the sample, start to exit, on a quiet 2-core CPU
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each as a measured ratio (of the medians, and of the minimums), its goal and
     whether the median's ratio met it. On a loaded machine the minimums are the less disturbed figure."""
@@ -62,6 +65,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         tta_ratio = tta["gd_jax"]["seconds"] / tta["vectorized_numpy"]["seconds"]
         candidates.append((f"time to {tta['target']:.0%}: gd_jax (compiling included) over vectorized_numpy",
                            lambda k: tta_ratio, 1.0, False))
+    command = result.get("train_command")
+    if command and command["status"] == "ok":  # seconds, not a ratio: the goal is the issue's 3 s
+        candidates.append((f"{command['command']}, warm compilation cache: wall seconds",
+                           lambda k: command["median" if k == "gd_jax_speedup" else "min"], TRAIN_COMMAND_GOAL_S,
+                           False))
     rows = []
     for name, ratio, goal, at_least in candidates:
         value, of_mins = ratio("gd_jax_speedup"), ratio("gd_jax_speedup_of_mins")
@@ -126,6 +134,14 @@ def _extras(result: dict[str, Any], out: io.StringIO) -> None:
               f"({pe['closed_over_batch']:.2f}x), batch grad {pe['batch_grad']['median'] * 1e3:.3f} ms, Python loop "
               f"{pe['python_loop']['median'] * 1e3:.2f} ms ({pe['loop_over_vmap']:.1f}x vmap); "
               f"check {'ok' if pe['check']['passed'] else 'WRONG'}", file=out)
+    command = result.get("train_command")
+    if command:
+        if command["status"] == "ok":
+            warm = ", ".join(f"{t:.2f}" for t in command["warm_seconds"])
+            print(f"{command['command']} (warm compilation cache): median {command['median']:.2f} s of {warm} s; "
+                  f"the run that filled the cache {command['cold_seconds']:.2f} s", file=out)
+        else:
+            print(f"{command['command']} failed: {command['reason']}", file=out)
     tta = result.get("time_to_accuracy")
     if not tta:
         return

@@ -1,0 +1,51 @@
+"""The whole command: wall seconds of ``gd-jax train`` with its defaults, warm compilation cache.
+
+What a person waits for, start to exit: interpreter, imports, data, compiling (from the cache),
+30 epochs on the embedded sample, the run folder's checkpoints, figures and event file. One run
+fills a compilation cache of its own (a temporary folder, so that neither the user's cache nor
+an earlier run changes the figure), then ``runs`` timed runs read it. Each run writes its run
+folder under the same temporary folder (its working directory), removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+TRAIN = ("train", "--no-progress")
+"""The command timed, after ``python -m gd_jax``: the textbook run with every default."""
+
+
+def _run_once(command: Sequence[str], cwd: str, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return time.perf_counter() - started, done
+
+
+def measure_train_command(runs: int, *, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Times ``command`` (default ``python -m gd_jax train --no-progress``): one cold run, ``runs`` warm ones.
+
+    Returns:
+      ``{"command", "status", "cold_seconds", "warm_seconds": [...], "median", "min"}``; a command
+      that fails gives ``{"command", "status": "failed", "reason"}`` (its last line of stderr).
+    """
+    command = list(command or [sys.executable, "-m", "gd_jax", *TRAIN])
+    shown = " ".join(["gd-jax", *TRAIN] if command[1:3] == ["-m", "gd_jax"] else command)
+    with tempfile.TemporaryDirectory(prefix="gd-jax-bench-") as folder:
+        env = {**os.environ, "GD_JAX_COMPILE_CACHE": os.path.join(folder, "compile-cache")}
+        seconds = []
+        for _ in range(runs + 1):  # each run's folder goes to runs/ under the temporary folder
+            wall, done = _run_once(command, folder, env)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+                return {"command": shown, "status": "failed", "reason": last}
+            seconds.append(wall)
+    warm = seconds[1:]
+    return {"command": shown, "status": "ok", "cold_seconds": seconds[0], "warm_seconds": warm,
+            "median": statistics.median(warm), "min": min(warm)}
