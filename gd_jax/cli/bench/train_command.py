@@ -35,8 +35,8 @@ def measure_train_command(runs: int, *, command: Sequence[str] | None = None) ->
       ``{"command", "status", "cold_seconds", "warm_seconds": [...], "median", "min"}``; a command
       that fails gives ``{"command", "status": "failed", "reason"}`` (its last line of stderr).
     """
+    shown = " ".join(command) if command else " ".join(["gd-jax", *TRAIN])
     command = list(command or [sys.executable, "-m", "gd_jax", *TRAIN])
-    shown = " ".join(["gd-jax", *TRAIN] if command[1:3] == ["-m", "gd_jax"] else command)
     with tempfile.TemporaryDirectory(prefix="gd-jax-bench-") as folder:
         env = {**os.environ, "GD_JAX_COMPILE_CACHE": os.path.join(folder, "compile-cache")}
         seconds = []
