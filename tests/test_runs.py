@@ -205,3 +205,52 @@ def test_a_failed_figure_warm_up_is_left_to_the_figures_to_report(monkeypatch):
     monkeypatch.setattr(plotting, "warm_up", lambda: 1 / 0)
     run_folder.start_figure_warm_up().join()
     assert uncaught == []
+
+
+FIGURES = {"train": {"confusion.png", "hidden_weights.png", "history.png", "misclassified.png"},
+           "sweep": {"accuracy.png", "costs.png"}}
+
+
+def _pngs(folder) -> set[str]:
+    return {name for name in os.listdir(folder) if name.endswith(".png")}
+
+
+def _events(folder) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("events.out.tfevents."))
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_no_figures_draws_none_and_removes_those_an_earlier_segment_drew(tmp_path, command, monkeypatch):
+    out = tmp_path / "run"
+    argv = [command, *QUICK, "--batch-size", "100", "--out", str(out)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert _pngs(out) == FIGURES[command]
+    events_before = _events(out)
+    drawn = []
+    monkeypatch.setattr(run_folder, "start_figure_warm_up", lambda: drawn.append("warm-up"))
+    monkeypatch.setattr(run_folder, "write_run_figures", lambda *a, **k: drawn.append("figures"))
+    monkeypatch.setattr(run_folder, "plot_history", lambda *a, **k: drawn.append("figures"))
+    monkeypatch.setattr(sys.modules["gd_jax.cli.sweep"], "plot_sweep", lambda *a, **k: drawn.append("figures"))
+    assert main([command, "--resume", str(out), "--epochs", "2", "--no-progress", "--no-figures"]) == 0
+    assert drawn == [] and _pngs(out) == set()  # the earlier figures showed one epoch of two: gone
+    config = json.loads((out / "config.json").read_text())
+    assert "no_figures" not in config and "no_figures" not in json.dumps(config.get("settings", {}))
+    if command == "train":
+        history = json.loads((out / "history.json").read_text())
+        assert [e["epoch"] for e in history["epochs"]] == [1, 2] and "test_accuracy" in history
+        # TensorBoard is written all the same: the complete file of both epochs replaced the first one's
+        assert len(events_before) == 1 and len(_events(out)) == 1 and _events(out) != events_before
+    else:
+        assert [r["epoch"] for r in json.loads((out / "sweep.json").read_text())["records"]] == [1, 2]
+
+
+def test_no_figures_needs_no_matplotlib(tmp_path, monkeypatch, capsys):
+    cli_main = sys.modules["gd_jax.cli.main"]
+    installed = cli_main.ensure_installed
+    monkeypatch.setattr(cli_main, "ensure_installed", lambda module, *, purpose: (
+        installed("no_such_module_gd_jax", purpose=purpose) if module == "matplotlib" else None))
+    assert main(["train", *QUICK, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--no-figures" in err and "gd-jax[" in err
+    assert main(["train", *QUICK, "--epochs", "1", "--no-figures", "--out", str(tmp_path / "b")]) == 0
+    assert _pngs(tmp_path / "b") == set()

@@ -23,7 +23,8 @@ RUN_DESCRIPTIONS = {
     "history.json": "the config and one record per epoch (costs, accuracies, seconds), why it stopped, compile "
                     "seconds and the final test cost and accuracy; rewritten after every epoch",
     "params.npz": "the parameters, read back by `gd.load_params` or plain `numpy.load`",
-    "history.png": "cost and accuracy curves of the epochs done, drawn whenever the run stops",
+    "history.png": "cost and accuracy curves of the epochs done, drawn whenever the run stops (`--no-figures` "
+                   "leaves out this and the three figures below)",
     "confusion.png": "the test set's confusion matrix (when the run finishes)",
     "misclassified.png": "the test digits the network gets wrong, with its ten outputs (when the run finishes)",
     "hidden_weights.png": "each hidden neuron's input weights as a 28x28 image (when the run finishes)",
@@ -38,7 +39,8 @@ SWEEP_DESCRIPTIONS = {
                   "and compile times",
     "sweep.csv": "the records as a table",
     "params.npz": "the stacked parameters: a leading axis of one entry per model",
-    "accuracy.png": "final evaluation accuracy against each swept value: every seed a dot, mean and spread",
+    "accuracy.png": "final evaluation accuracy against each swept value: every seed a dot, mean and spread "
+                    "(`--no-figures` leaves out this and `costs.png`)",
     "costs.png": "every model's training cost per epoch",
     "tensorboard/model-*/events.out.tfevents.*": "one TensorBoard run per model: its scalars and hyperparameters",
     "checkpoints/epoch-*.npz": "the whole sweep's state after each epoch (the newest two), for `--resume`",

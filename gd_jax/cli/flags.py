@@ -173,4 +173,8 @@ def add_run_folder_flags(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="print nothing per epoch")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files (the figures and records are written all the same)")
+    p.add_argument("--no-figures", action="store_true",
+                   help=f"draw no PNG figures, and remove those an earlier segment drew (the records, parameters "
+                        f"and TensorBoard scalars are written all the same); a {what} without them ends seconds "
+                        "sooner")
 

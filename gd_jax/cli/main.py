@@ -84,7 +84,8 @@ def _given_options(argv: Sequence[str]) -> set[str]:
 def _check_extras(args: argparse.Namespace) -> None:
     """Before anything is read or written: the optional packages this command will need (one line if not)."""
     if args.command in ("train", "sweep"):
-        ensure_installed("matplotlib", purpose="the run folder's figures")
+        if not getattr(args, "no_figures", False):
+            ensure_installed("matplotlib", purpose="the run folder's figures (or pass --no-figures)")
         ensure_installed("tqdm", purpose="the progress bar")
         if not getattr(args, "no_tensorboard", False):
             ensure_installed("tensorboard", purpose="TensorBoard event files (or pass --no-tensorboard)")

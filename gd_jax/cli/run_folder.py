@@ -107,6 +107,13 @@ def clean_run_files(folder: str | os.PathLike) -> None:
         os.rmdir(checkpoints)
 
 
+def remove_figures(folder: str | os.PathLike, names: Any) -> None:
+    """Removes the figure files ``names`` from ``folder``, those that exist."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+
+
 def best_params_name(epoch: int) -> str:
     """The file holding the parameters of the best epoch so far (early stopping), e.g. ``best-epoch-000012.npz``."""
     return f"best-epoch-{epoch:06d}.npz"
@@ -308,7 +315,7 @@ def start_figure_warm_up() -> threading.Thread:
 
 def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *, params: Any = None,
                   test: Any = None, test_cost: float | None = None, test_accuracy: float | None = None,
-                  tensorboard: bool = True, warm_up: threading.Thread | None = None) -> None:
+                  tensorboard: bool = True, figures: bool = True, warm_up: threading.Thread | None = None) -> None:
     """Draws the run's figures for whatever epochs exist, and its TensorBoard event file.
 
     A finished run (``params`` and ``test`` given) gets all of ``plotting.RUN_FIGURES``: the
@@ -316,21 +323,24 @@ def write_figures(folder: RunFolder, history: Any, config: Mapping[str, Any], *,
     hidden neurons' weights; a run that stopped early (diverged, interrupted) the learning
     curves of the epochs it finished. Without any epoch there is nothing to draw. With
     ``tensorboard``, the event file holds the same curves, the hyperparameters and the figures.
+    Without ``figures`` (``--no-figures``) nothing is drawn, and the figures an earlier
+    segment drew are removed: they would describe the run as it was, not as it is.
     ``warm_up``: the thread of ``start_figure_warm_up``, joined before drawing.
     """
+    if not figures:  # those an earlier segment drew would describe the run as it was
+        remove_figures(folder.path, RUN_FIGURES)
     if not len(history):
         return
-    if warm_up is not None:  # matplotlib is not thread-safe: the warm-up ends before the figures start
-        warm_up.join()
-
-    eval_label = "validation" if config.get("eval_data") == "validation" else "test"
-    if params is not None and test is not None:
-        write_run_figures(folder.path, params, test, history, config, activation=config.get("activation"),
-                          test_accuracy=test_accuracy)
-    else:  # the settings are the title's second line (from config), stated once
-        plot_history(history, folder.file("history.png"), config=config, eval_label=eval_label)
+    if figures:
+        if warm_up is not None:  # matplotlib is not thread-safe: the warm-up ends before the figures start
+            warm_up.join()
+        if params is not None and test is not None:
+            write_run_figures(folder.path, params, test, history, config, activation=config.get("activation"),
+                              test_accuracy=test_accuracy)
+        else:  # the settings are the title's second line (from config), stated once
+            eval_label = "validation" if config.get("eval_data") == "validation" else "test"
+            plot_history(history, folder.file("history.png"), config=config, eval_label=eval_label)
     if tensorboard:
-
-        figures = [folder.file(name) for name in RUN_FIGURES if os.path.exists(folder.file(name))]
-        write_run_events(folder.path, history, config, figures=figures, test_cost=test_cost,
+        drawn = [folder.file(name) for name in RUN_FIGURES if os.path.exists(folder.file(name))]
+        write_run_events(folder.path, history, config, figures=drawn, test_cost=test_cost,
                          test_accuracy=test_accuracy)

@@ -50,7 +50,7 @@ from gd_jax._src.parallel import PeerLostError
 from gd_jax._src.seeds import seed_keys
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax._src.sweep import SweepResult, grid_points, sweep
-from gd_jax._src.sweep_figures import plot_sweep
+from gd_jax._src.sweep_figures import SWEEP_FIGURES, plot_sweep
 from gd_jax._src.tensorboard import LiveEvents, write_run_events
 from gd_jax._src.train import check_fit_arguments
 from gd_jax.cli import run_folder, signals
@@ -421,7 +421,10 @@ def _finish(args: argparse.Namespace, plan: dict[str, Any], folder: run_folder.R
     """Writes the figures and TensorBoard files, prints the summary; returns the exit status."""
     config, k = plan["config"], len(result)
     with signals.interrupts_deferred():
-        plot_sweep(result, folder.path, title=_title(plan["settings"]))
+        if args.no_figures:  # those an earlier segment drew would describe the sweep as it was
+            run_folder.remove_figures(folder.path, SWEEP_FIGURES)
+        else:
+            plot_sweep(result, folder.path, title=_title(plan["settings"]))
         if not args.no_tensorboard:
             write_sweep_events(result, folder.path, config)
     diverged = sum(m["stop_reason"] == "diverged" for m in result.models)

@@ -51,8 +51,8 @@ RESUME_MAY_CHANGE = ("epochs", "idx_dir", "data_dir", "max_growth")
 # Settings added after runs were first written, with the value those older runs used.
 SETTING_DEFAULTS = {"max_growth": 10.0, "lmbda": None, "patience": None, "eta_schedule": None}
 # Options that only steer this invocation, never the run.
-INVOCATION_ONLY = ("resume", "no_progress", "no_tensorboard", "download", "debug", "device", "no_compile_cache", "out",
-                   "overwrite", "devices", "coordinator", "num_processes", "process_id")
+INVOCATION_ONLY = ("resume", "no_progress", "no_tensorboard", "no_figures", "download", "debug", "device",
+                   "no_compile_cache", "out", "overwrite", "devices", "coordinator", "num_processes", "process_id")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -321,7 +321,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
     live = {"history": history if history is not None else gd.History()}
     # TensorBoard follows the run: each epoch's scalars are flushed as it ends (a resumed stream goes on).
     events = LiveEvents(folder.path, config, history=history, enabled=not args.no_tensorboard)
-    warm_up = run_folder.start_figure_warm_up()  # matplotlib's first-figure costs, paid while training
+    # matplotlib's first-figure costs, paid while training
+    warm_up = None if args.no_figures else run_folder.start_figure_warm_up()
 
     def on_epoch_end(end: gd.EpochEnd) -> None:
         save(end.epoch, end.state, end.history, end.best_params)
@@ -345,7 +346,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
             finish_segment()
             folder.write_json("history.json", {"config": config, **e.history.to_dict(), "divergence": fact,
                                                "last_good_epoch": plan.done})
-            run_folder.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard, warm_up=warm_up)
+            run_folder.write_figures(folder, e.history, config, tensorboard=not args.no_tensorboard,
+                                     figures=not args.no_figures, warm_up=warm_up)
         which = f"{plan.done} (the initial parameters)" if plan.done == 0 else str(plan.done)
         print(f"gd-jax: training diverged: {message}; the run folder {folder.path} keeps the last good epoch, "
               f"{which}: {kept} and params.npz", file=sys.stderr)
@@ -356,7 +358,7 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
             finish_segment()
             folder.write_json("history.json", {"config": config, **live["history"].to_dict()})
             run_folder.write_figures(folder, live["history"], config, tensorboard=not args.no_tensorboard,
-                                     warm_up=warm_up)
+                                     figures=not args.no_figures, warm_up=warm_up)
         raise
     finally:
         progress.close()
@@ -370,7 +372,8 @@ def _run(args: argparse.Namespace, plan: _Plan, folder: run_folder.RunFolder) ->
         folder.write_json("history.json", {"config": config, **history.to_dict(), "test_cost": test_cost,
                                            "test_accuracy": test_accuracy})
         run_folder.write_figures(folder, history, config, params=params, test=test, test_cost=test_cost,
-                                 test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard, warm_up=warm_up)
+                                 test_accuracy=test_accuracy, tensorboard=not args.no_tensorboard,
+                                 figures=not args.no_figures, warm_up=warm_up)
     trained = len(history) - (len(plan.history) if plan.history is not None else 0)
     seconds = sum(r["seconds"] for r in history.epochs[len(history) - trained:])
     compile_seconds = history.compile_seconds if trained else 0.0  # fit compiled nothing when it had nothing to do
