@@ -162,7 +162,7 @@ def _assert_one_line_exit_2(capsys, argv, message):
     return err
 
 
-QUICK = ["--sizes", "784,10,10", "--epochs", "1", "--no-progress"]
+QUICK = ["--sizes", "784,10,10", "--epochs", "1", "--no-progress", "--no-figures"]  # figures: not checked here
 CLI_CASES = {
     # sizes
     "sizes empty": (["--sizes", ""], "sizes must be two or more positive integers"),
@@ -286,7 +286,7 @@ def run_folder(tmp_path_factory):
     """A finished two-epoch run (momentum 0.5); tests copy it or check that it stays byte-for-byte the same."""
     out = tmp_path_factory.mktemp("existing") / "run"
     assert main(["train", "--sizes", "784,10,10", "--epochs", "2", "--momentum", "0.5", "--no-progress",
-                 "--out", str(out)]) == 0
+                 "--no-figures", "--out", str(out)]) == 0
     return out
 
 
@@ -342,7 +342,8 @@ def test_cli_damaged_checkpoint_is_refused_naming_the_previous_one(run_folder, t
 
 def test_cli_checkpoint_of_another_network_is_refused(run_folder, tmp_path, capsys):
     run, other = _copy(run_folder, tmp_path), tmp_path / "other"
-    assert main(["train", "--sizes", "784,20,10", "--epochs", "3", "--no-progress", "--out", str(other)]) == 0
+    assert main(["train", "--sizes", "784,20,10", "--epochs", "3", "--no-progress", "--no-figures",
+                 "--out", str(other)]) == 0
     shutil.copy(latest_checkpoint(other), run / "checkpoints")  # a foreign epoch-000003.npz, now the newest
     before = _snapshot(run)
     _assert_one_line_exit_2(capsys, ["train", "--resume", str(run), "--epochs", "4"],
@@ -424,7 +425,7 @@ def test_a_run_that_chose_on_the_test_set_before_the_rule_still_resumes(tmp_path
         m.setattr(train_command, "_check_selection", lambda settings: None)  # the CLI before the rule
         assert main(["train", *QUICK, "--patience", "3", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress", "--no-figures"]) == 0
     history = gd.History.from_dict(json.loads((out / "history.json").read_text()))
     assert len(history) == 2 and history.best_epoch is not None
 

@@ -114,7 +114,7 @@ def test_a_batch_that_does_not_split_is_refused_with_the_nearest_sizes(four_devi
 
 # Several processes on 127.0.0.1, through the command line.
 
-TRAIN = ["train", "--epochs", "2", "--batch-size", "100", "--sizes", "784,20,10", "--no-progress"]
+TRAIN = ["train", "--epochs", "2", "--batch-size", "100", "--sizes", "784,20,10", "--no-progress", "--no-figures"]
 # Over the 100 steps of two epochs the summation order alone moves the parameters this much
 # (measured about 1e-6 here; the textbook's 6,000 steps of batch 10 reach about 3e-5).
 CLI_TOLERANCE = 1e-4
@@ -225,7 +225,7 @@ def test_a_dead_or_hung_peer_stops_the_other_in_one_line_and_the_run_resumes(tmp
     done = read_checkpoint_manifest(latest_checkpoint(str(hosts[0] / "run" / "checkpoints")))["epoch"]
     assert done >= 2
     resumed = _gd_jax("launch", "-n", "2", "train", "--resume", "run", "--epochs", str(done + 1), "--no-progress",
-                      cwd=hosts[0])
+                      "--no-figures", cwd=hosts[0])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     one = _gd_jax(*TRAIN[:2], str(done + 1), *TRAIN[3:], "--out", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]

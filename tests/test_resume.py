@@ -22,8 +22,9 @@ from gd_jax.cli import main
 # Epochs long enough to be killed inside one (5,000 single-example steps, 0.15-0.25 s on a
 # 2-core CPU); momentum, so that the optimizer state must be restored exactly too.
 KILL_RUN = ["--sizes", "784,100,10", "--batch-size", "1", "--epochs", "3", "--cost", "cross-entropy", "--eta", "0.1",
-            "--momentum", "0.5", "--init", "scaled", "--seed", "3", "--no-progress"]
-QUICK = ["--sizes", "784,16,10", "--no-progress"]
+            "--momentum", "0.5", "--init", "scaled", "--seed", "3", "--no-progress", "--no-figures"]
+DRAWN = ["--sizes", "784,16,10", "--no-progress"]
+QUICK = [*DRAWN, "--no-figures"]  # where the figures are not what is tested: about 2 s less a run
 
 
 # A shell that starts a job in the background (as CI runners may) makes SIGINT ignored in every
@@ -128,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_trains_only_the_missing_epochs_bit_identi
     assert load_checkpoint(killed, like=gd.TrainState(params, gd.sgd(0.1, 0.5).init(params))).epoch == 1
     gd.load_params(killed / "params.npz")
 
-    resumed = _counting(second_orders, "--resume", str(killed), "--no-progress")
+    resumed = _counting(second_orders, "--resume", str(killed), "--no-progress", "--no-figures")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming {killed} after epoch 1 of 3" in err
@@ -150,7 +151,7 @@ def test_sigkill_mid_epoch_then_resume_trains_only_the_missing_epochs_bit_identi
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_sample, signum):
     out = tmp_path / "run"
-    proc = _start(*QUICK, "--epochs", "200", "--out", str(out))
+    proc = _start(*DRAWN, "--epochs", "200", "--out", str(out))
     _wait_for_checkpoint(out, 2, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
@@ -170,21 +171,21 @@ def test_ctrl_c_writes_nothing_half_done_and_says_how_to_resume(tmp_path, mnist_
     assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp-")]
     assert (out / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curves of the epochs done
     # And it resumes (here to one more epoch, in-process).
-    assert main(["train", "--resume", str(out), "--epochs", str(done + 1)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", str(done + 1), "--no-figures"]) == 0
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == done + 1
 
 
 def test_resume_extends_a_run_to_the_same_result_as_one_long_run(tmp_path, capsys):
     short, long = tmp_path / "short", tmp_path / "long"
     assert main(["train", *QUICK, "--epochs", "2", "--momentum", "0.9", "--out", str(short)]) == 0
-    assert main(["train", "--resume", str(short), "--epochs", "4", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(short), "--epochs", "4", "--no-progress", "--no-figures"]) == 0
     assert main(["train", *QUICK, "--epochs", "4", "--momentum", "0.9", "--out", str(long)]) == 0
     _assert_same_run(short, long, momentum=True)
     assert json.loads((short / "config.json").read_text())["epochs"] == 4
     # Resuming a finished run trains nothing and reports the same result.
     capsys.readouterr()
     before = (long / "params.npz").read_bytes()
-    assert main(["train", "--resume", str(long), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(long), "--no-progress", "--no-figures"]) == 0
     assert "after epoch 4 of 4" in capsys.readouterr().err
     assert (long / "params.npz").read_bytes() == before
 
@@ -199,7 +200,7 @@ def test_resume_after_the_target_cost_was_reached_trains_no_further(tmp_path):
     assert main(["train", *args, "--out", str(out)]) == 0
     (out / "history.json").unlink()
     (out / "params.npz").unlink()
-    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--no-progress", "--no-figures"]) == 0
     _assert_same_run(out, ref)
 
 
@@ -208,7 +209,7 @@ def test_resume_before_the_first_checkpoint_starts_from_the_saved_config(tmp_pat
     assert main(["train", *QUICK, "--epochs", "2", "--seed", "7", "--out", str(ref)]) == 0
     out.mkdir()
     (out / "config.json").write_bytes((ref / "config.json").read_bytes())  # killed before epoch 0 was saved
-    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--no-progress", "--no-figures"]) == 0
     _assert_same_run(out, ref)
 
 
@@ -253,7 +254,8 @@ def test_resume_on_other_data_of_the_same_size_is_refused(tmp_path, capsys, mnis
     moved.mkdir()
     for f in idx.iterdir():
         (moved / f.name).write_bytes(f.read_bytes())
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--idx-dir", str(moved), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--idx-dir", str(moved), "--no-progress",
+                 "--no-figures"]) == 0
     # ... but one changed pixel in a training image of the same size is another data set.
     images = gd.read_idx(moved / "train-images-idx3-ubyte")
     images[7, 14, 14] ^= 0xFF
@@ -270,10 +272,10 @@ def test_each_segment_of_a_resumed_run_keeps_its_own_record(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--epochs", "1", "--out", str(out)]) == 0
     first = json.loads((out / "config.json").read_text())["segments"]
-    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress", "--no-figures"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["segments"][0] == first[0]  # untouched by the resume
     assert [(s["first_epoch"], s["last_epoch"]) for s in config["segments"]] == [(1, 1), (2, 3)]
     assert config["segments"][1]["command"] == ["gd-jax", "train", "--resume", str(out), "--epochs", "3",
-                                                "--no-progress"]
+                                                "--no-progress", "--no-figures"]
     assert json.loads((out / "history.json").read_text())["config"] == config

@@ -14,7 +14,8 @@ import pytest
 from gd_jax._src import serialization
 from gd_jax.cli import errors, main, progress, resume, run_folder
 
-QUICK = ["--sizes", "784,16,10", "--no-progress"]
+DRAWN = ["--sizes", "784,16,10", "--no-progress"]
+QUICK = [*DRAWN, "--no-figures"]  # where the figures are not what is tested: about 2 s less a run
 
 # A child whose clock always says the same second, so that every default run name clashes.
 _SAME_SECOND = ("import sys, time; time.strftime = lambda fmt, *t: '20260101-000000'; "
@@ -80,7 +81,7 @@ def test_resume_removes_the_temporary_files_a_killed_writer_left(tmp_path):
              out / "checkpoints" / ".tmp-x9y8z7epoch-000002.npz"]
     for path in stale:
         path.write_bytes(b"half a file")
-    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress", "--no-figures"]) == 0
     assert not [p for p in stale if p.exists()]
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
 
@@ -222,7 +223,7 @@ def _events(folder) -> list[str]:
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_no_figures_draws_none_and_removes_those_an_earlier_segment_drew(tmp_path, command, monkeypatch):
     out = tmp_path / "run"
-    argv = [command, *QUICK, "--batch-size", "100", "--out", str(out)]
+    argv = [command, *DRAWN, "--batch-size", "100", "--out", str(out)]
     assert main([*argv, "--epochs", "1"]) == 0
     assert _pngs(out) == FIGURES[command]
     events_before = _events(out)
@@ -249,8 +250,8 @@ def test_no_figures_needs_no_matplotlib(tmp_path, monkeypatch, capsys):
     installed = cli_main.ensure_installed
     monkeypatch.setattr(cli_main, "ensure_installed", lambda module, *, purpose: (
         installed("no_such_module_gd_jax", purpose=purpose) if module == "matplotlib" else None))
-    assert main(["train", *QUICK, "--out", str(tmp_path / "a")]) == 2
+    assert main(["train", *DRAWN, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--no-figures" in err and "gd-jax[" in err
-    assert main(["train", *QUICK, "--epochs", "1", "--no-figures", "--out", str(tmp_path / "b")]) == 0
+    assert main(["train", *DRAWN, "--epochs", "1", "--no-figures", "--out", str(tmp_path / "b")]) == 0
     assert _pngs(tmp_path / "b") == set()

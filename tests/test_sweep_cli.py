@@ -64,7 +64,8 @@ def test_each_model_equals_gd_jax_train_with_its_seed(finished, tmp_path):
     """Model (eta 3, seed 1) against `gd-jax train --eta 3 --seed 1` with the same settings."""
     _, out = finished
     run = tmp_path / "run"
-    assert cli.main(["train", *SMALL, "--eta", "3", "--seed", "1", "--epochs", "2", "--out", str(run)]) == 0
+    assert cli.main(["train", *SMALL, "--eta", "3", "--seed", "1", "--epochs", "2", "--no-figures", "--out",
+                     str(run)]) == 0
     solo = np.load(run / "params.npz")
     stacked = np.load(out / "params.npz")
     # Equal to float32 rounding: XLA may choose another dot kernel for a batch of 4 products
@@ -111,7 +112,7 @@ def test_resume_continues_to_the_uninterrupted_result(finished, tmp_path, capsys
     assert main([*SMALL, "--eta", "0.5,3", "--seeds", "2", "--epochs", "1", "--out", str(part)]) == 0
     assert main(["--resume", str(part), "--eta", "1"]) == 2
     assert "conflicts with the run's saved learning_rate" in capsys.readouterr().err
-    assert main(["--resume", str(part), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["--resume", str(part), "--epochs", "2", "--no-progress", "--no-figures"]) == 0
     resumed, uninterrupted = np.load(part / "params.npz"), np.load(whole / "params.npz")
     for name in uninterrupted.files:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
@@ -142,7 +143,7 @@ def test_ctrl_c_keeps_whole_files_and_resumes(tmp_path):
     document = json.loads((out / "sweep.json").read_text())
     done = len(document.get("epoch_seconds", []))
     assert done >= 1 and np.load(out / "params.npz")["layer0/w"].shape == (2, 784, 8)
-    assert main(["--resume", str(out), "--epochs", str(done + 1), "--no-progress"]) == 0
+    assert main(["--resume", str(out), "--epochs", str(done + 1), "--no-progress", "--no-figures"]) == 0
     assert len(json.loads((out / "sweep.json").read_text())["epoch_seconds"]) == done + 1
 
 

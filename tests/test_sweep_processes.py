@@ -21,7 +21,8 @@ from gd_jax import cli
 
 TOLERANCE = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEP = ["sweep", "--sizes", "784,8,10", "--batch-size", "500", "--eta", "0.5,3", "--seeds", "2", "--no-progress"]
+SWEEP = ["sweep", "--sizes", "784,8,10", "--batch-size", "500", "--eta", "0.5,3", "--seeds", "2", "--no-progress",
+         "--no-figures"]
 
 
 def _env() -> dict[str, str]:
@@ -102,7 +103,7 @@ def test_a_dead_or_hung_peer_ends_the_sweep_in_one_line_and_it_resumes_across_pr
 
     done = read_checkpoint_manifest(latest_checkpoint(str(checkpoints)))["epoch"]
     resumed = _gd_jax("launch", "-n", "2", "sweep", "--resume", "run", "--epochs", str(done + 1), "--no-progress",
-                      cwd=hosts[0])
+                      "--no-figures", cwd=hosts[0])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     one = _gd_jax(*SWEEP, "--batch-size", "10", "--epochs", str(done + 1), "--out", "one", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -259,10 +259,10 @@ def test_train_writes_each_epoch_as_it_ends_and_resume_continues_the_stream(tmp_
 
     out = tmp_path / "live"
     seen = _watch_epochs(monkeypatch, out)
-    small = ["train", "--sizes", "784,8,10", "--batch-size", "500", "--no-progress"]
+    small = ["train", "--sizes", "784,8,10", "--batch-size", "500", "--no-progress", "--no-figures"]
     assert main([*small, "--epochs", "2", "--out", str(out)]) == 0
     assert seen == [(1, [1]), (2, [1, 2])]
-    assert main(["train", "--resume", str(out), "--epochs", "4", "--no-progress"]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "4", "--no-progress", "--no-figures"]) == 0
     assert seen[2:] == [(3, [1, 2, 3]), (4, [1, 2, 3, 4])]  # no duplicate step after the resume
     assert [e.step for e in read(out).Scalars("cost/train")] == [1, 2, 3, 4]
     assert len(event_files(out)) == 1
@@ -273,10 +273,10 @@ def test_sweep_writes_each_models_epoch_as_it_ends_and_resume_continues_the_stre
 
     out = tmp_path / "sweep"
     seen = _watch_epochs(monkeypatch, out / "tensorboard" / "model-001")
-    small = ["sweep", "--sizes", "784,8,10", "--batch-size", "500", "--eta", "0.5,3", "--no-progress"]
+    small = ["sweep", "--sizes", "784,8,10", "--batch-size", "500", "--eta", "0.5,3", "--no-progress", "--no-figures"]
     assert main([*small, "--epochs", "2", "--out", str(out)]) == 0
     assert seen == [(1, [1]), (2, [1, 2])]
-    assert main(["sweep", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    assert main(["sweep", "--resume", str(out), "--epochs", "3", "--no-progress", "--no-figures"]) == 0
     assert seen[2:] == [(3, [1, 2, 3])]
     events = read(out / "tensorboard" / "model-001")
     records = [r for r in json.loads((out / "sweep.json").read_text())["records"] if r["model"] == 1]

@@ -132,7 +132,7 @@ def test_real_params_files_are_described_as_none_and_load(run):
 def test_a_checkpoint_given_as_params_is_named(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--sizes", "784,5,10", "--epochs", "1", "--no-progress", "--no-tensorboard",
-                 "--out", str(out)]) == 0
+                 "--no-figures", "--out", str(out)]) == 0
     capsys.readouterr()
     checkpoint = out / "checkpoints" / "epoch-000001.npz"
     with pytest.raises(ValueError, match=r"is a gd-jax checkpoint, not a params file; pass the run folder"):

@@ -75,12 +75,13 @@ def test_gd_jax_train_applies_the_choice_and_records_it_in_each_segment(tmp_path
 
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NPROC", "GD_JAX_XLA_CHOICE")}
     out = tmp_path / "run"
-    args = ["train", "--sizes", "784,10,10", "--epochs", "1", "--no-tensorboard", "--no-progress", "--out", str(out)]
+    args = ["train", "--sizes", "784,10,10", "--epochs", "1", "--no-tensorboard", "--no-progress", "--no-figures",
+            "--out", str(out)]
     subprocess.run([sys.executable, "-m", "gd_jax", *args, *extra], env=environ, capture_output=True, text=True,
                    check=True, timeout=300)
     # A resumed run takes its rows per step from its saved settings, not from the flags' defaults.
-    subprocess.run([sys.executable, "-m", "gd_jax", "train", "--resume", str(out), "--epochs", "2", "--no-progress"],
-                   env=environ, capture_output=True, text=True, check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "gd_jax", "train", "--resume", str(out), "--epochs", "2", "--no-progress",
+                    "--no-figures"], env=environ, capture_output=True, text=True, check=True, timeout=300)
     segments = json.loads((out / "config.json").read_text())["segments"]
     assert [s["xla"]["NPROC"] for s in segments] == [nproc, nproc]
     assert all("gd_jax's choice" in s["xla"]["chosen_by"] for s in segments)
