@@ -196,10 +196,12 @@ def bench_page(root: Path) -> str:
     targets = data.get("targets") or []
     if targets:
         lines += ["", "## Targets recorded in the run", "",
-                  "| target | value (medians) | of the minimums | goal | met |", "| --- | ---: | ---: | ---: | --- |"]
+                  "| target | value (medians) | of the minimums | at the products' floor | goal | met |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
         for t in targets:
             lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} | {_fmt(t.get('value_of_mins'), 3)} | "
-                         f"{_fmt(t.get('goal'), 3)} | {'yes' if t.get('met') else 'no'} |")
+                         f"{_fmt(t.get('at_floor'), 3)} | {_fmt(t.get('goal'), 3)} | "
+                         f"{'yes' if t.get('met') else 'no'} |")
     older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path]
     if older:
         lines += ["", "Older committed results: " + ", ".join(f"`{n}`" for n in older) + " (compare two with "

@@ -15,7 +15,7 @@ __all__ = ["BASELINE", "DEVICES", "QUICK", "SCHEMA_VERSION", "SWEEP_MODELS", "TO
 
 SCHEMA_VERSION = 2  # 2: numpy in its own process with its best BLAS configuration, XLA configuration, load warning
 VARIANTS = ("gd_jax", "gd_jax_sweep16", "gd_jax_sweep16_own", "optax", "naive_jax", "vectorized_numpy",
-            "textbook_numpy", "torch", "matmul_floor")
+            "textbook_numpy", "torch", "matmul_floor", "matmul_floor_sweep16", "matmul_floor_sweep16_own")
 """The epoch variants, in table order; ``peak`` is measured once per run, not per batch size."""
 SWEEP_MODELS = 16
 DEVICES = ("cpu", "gpu", "tpu")

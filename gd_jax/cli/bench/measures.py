@@ -55,14 +55,14 @@ def _build_variant(name: str, problem: Problem, check: Problem, reference: list 
     """Builds, checks and warms one variant: its record, its runner (None: skipped), its checked parameters."""
     config = problem.config
     can_reset = reset_peak_rss()
-    record: dict[str, Any] = {"status": "ok", "models": SWEEP_MODELS if name.startswith("gd_jax_sweep") else 1}
+    record: dict[str, Any] = {"status": "ok", "models": SWEEP_MODELS if "_sweep" in name else 1}
     try:
         runner = variants.BUILDERS[name](problem)
         checker = variants.BUILDERS[name](check) if runner.checked else None
     except Skipped as e:
         log(f"  {name}: skipped ({e})")
         return {"status": "skipped", "reason": str(e), "models": record["models"]}, None, None
-    record.update(compile_seconds=runner.compile_seconds, note=runner.note, check=None)
+    record.update(models=runner.models, compile_seconds=runner.compile_seconds, note=runner.note, check=None)
     if runner.config is not None:
         record["config"] = runner.config
     if runner.compiled is not None:

@@ -360,6 +360,56 @@ def _build_matmul_floor(p: Problem) -> Runner:
                    note="not the algorithm: its matrix products alone")
 
 
+def _build_sweep_matmul_floor(p: Problem, *, own_orders: bool) -> Runner:
+    """The products of ``gd_jax_sweep16`` (or ``_own``) alone, as ``matmul_floor`` is for one model.
+
+    With one shared order the first layer of the 16 models is one wide product
+    ``x (b, n_0) @ W (n_0, 16 n_1)`` (the sweep's layout); every other product, and with own
+    orders every product (each model its own rows), is one batched product over the models.
+    The per-model time of this floor bounds what any sweep of these shapes can reach here.
+    """
+    k, bs = SWEEP_MODELS, p.batch_size
+    full = p.n // bs
+    weights = [jnp.broadcast_to(jnp.asarray(layer["w"]), (k, *layer["w"].shape)) for layer in p.params]
+    weights = jax.device_put(weights, p.device)
+    x = jax.device_put(p.x, p.device)
+
+    def first_layer(xb, w):  # xb: (b, n_0) shared or (k, b, n_0) own; w: (k, n_0, n_1)
+        if own_orders:
+            return jnp.einsum("kbi,kio->kbo", xb, w)
+        wide = jnp.moveaxis(w, 0, 1).reshape(w.shape[1], -1)  # (n_0, k n_1), as gd.sweep stores it
+        return jnp.moveaxis((xb @ wide).reshape(xb.shape[0], k, -1), 1, 0)
+
+    def first_gradient(xb, delta):  # delta: (k, b, n_1)
+        if own_orders:
+            return jnp.einsum("kbi,kbo->kio", xb, delta)
+        wide = xb.T @ jnp.moveaxis(delta, 0, 1).reshape(xb.shape[0], -1)  # (n_0, k n_1)
+        return jnp.moveaxis(wide.reshape(xb.shape[1], k, -1), 1, 0)
+
+    def floor(ws, x, orders):
+        def step(ws, rows):
+            xb = x[rows]
+            acts = [first_layer(xb, ws[0])]
+            for w in ws[1:]:
+                acts.append(jnp.einsum("kbi,kio->kbo", acts[-1], w))
+            delta, grads = acts[-1], [None] * len(ws)
+            for layer in range(len(ws) - 1, 0, -1):
+                grads[layer] = jnp.einsum("kbi,kbo->kio", acts[layer - 1], delta)
+                delta = jnp.einsum("kbo,kio->kbi", delta, ws[layer])
+            grads[0] = first_gradient(xb, delta)
+            return grads, None
+
+        batches = orders[..., : full * bs].reshape(*orders.shape[:-1], full, bs)
+        return jax.lax.scan(step, ws, jnp.moveaxis(batches, -2, 0))[0]
+
+    def orders_of(order: np.ndarray) -> np.ndarray:
+        return np.stack([np.roll(order, m) for m in range(k)]) if own_orders else order
+
+    call, seconds = compile_timed(floor, weights, x, orders_of(p.orders[0]))
+    return Runner(lambda order: call(weights, x, orders_of(order)), seconds, models=k, checked=False,
+                   compiled=call.compiled, note=f"not the algorithm: the products of {k} models alone")
+
+
 BUILDERS: dict[str, Callable[[Problem], Runner]] = {
     "gd_jax": _build_gd_jax,
     "gd_jax_sweep16": lambda p: _build_sweep(p, own_orders=False),
@@ -370,6 +420,8 @@ BUILDERS: dict[str, Callable[[Problem], Runner]] = {
     "textbook_numpy": _build_textbook_numpy,
     "torch": _build_torch,
     "matmul_floor": _build_matmul_floor,
+    "matmul_floor_sweep16": lambda p: _build_sweep_matmul_floor(p, own_orders=False),
+    "matmul_floor_sweep16_own": lambda p: _build_sweep_matmul_floor(p, own_orders=True),
 }
 
 
