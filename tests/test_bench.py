@@ -10,7 +10,9 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +100,7 @@ def test_every_variant_computes_gd_jax_s_epoch_and_the_result_has_its_structure(
     for key in ("platform", "device_kind", "cpu_count", "versions", "environment"):
         assert key in r["machine"]
     assert r["machine"]["versions"]["jax"] == jax.__version__
+    assert r["other_processes_cores"] is None or r["other_processes_cores"] >= 0
     assert r["peak"]["gflops"] > 0 and r["peak"]["flops"] == 2 * 64**3
     [table] = r["batch_sizes"]
     assert table["batch_size"] == 32 and table["steps_per_epoch"] == 19 and table["rows"] == 600
@@ -361,6 +364,36 @@ def test_a_busy_machine_is_warned_about(loads, cpus, warned):
     assert (note is not None) == warned
     if warned:
         assert f"load average up to {max(loads):.2f} on {cpus} cores" in note and "do not quote" in note
+
+
+@pytest.mark.parametrize(("start_load", "others", "warned"), [(0.3, 0.2, False), (1.9, 0.2, True), (0.3, 1.2, True),
+                                                               (0.9, 0.99, False)])
+def test_the_busy_warning_counts_other_processes_not_the_run_s_own_threads(start_load, others, warned):
+    # During the run the load average reads this run's own threads: 1.9 mid-run on 2 cores is no warning.
+    note = bench.timing.load_note([start_load, 1.9, 1.9], 2, others=others)
+    assert (note is not None) == warned
+    if warned:
+        assert ("other processes" in note) == (others > 1) and "do not quote" in note
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the machine's busy time comes from Linux's /proc/stat")
+def test_other_cores_excludes_this_process_and_its_children():
+    snapshot = bench.timing.CpuSnapshot.now()
+    busy_loop = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    child = subprocess.run([sys.executable, "-c", busy_loop], check=True)  # one core for a second: ours
+    assert child.returncode == 0
+    t = time.process_time()
+    while time.process_time() - t < 1.0:  # and a second of this process's own
+        pass
+    end = bench.timing.CpuSnapshot.now()
+    assert end.own - snapshot.own >= 1.9  # the waited-for child's second is counted as ours
+    others = bench.timing.other_cores(snapshot, end)
+    # The machine was busy at least those 2 core-seconds, all of them this test's own; other
+    # processes (the suite's other workers among them) took the rest, which is all that is left.
+    assert others is not None and others * (end.wall - snapshot.wall) == pytest.approx(
+        end.machine_busy - snapshot.machine_busy - (end.own - snapshot.own), abs=0.05)
+    assert 0 <= others * (end.wall - snapshot.wall) <= end.machine_busy - snapshot.machine_busy - 1.9
+    assert bench.timing.other_cores(bench.timing.CpuSnapshot(time.time(), None, 0.0)) is None
 
 
 def test_the_markdown_report_carries_machine_versions_commit_load_and_every_figure(tiny_result, tmp_path, capsys):

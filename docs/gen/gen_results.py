@@ -138,8 +138,11 @@ def bench_page(root: Path) -> str:
         f"- **Machine**: {m.get('cpu_model')}, {m.get('cpu_count')} cores, {m.get('device')} ({m.get('system')})",
         f"- **Versions**: {versions}",
         f"- **Load average** (1, 5, 15 min) at the start: {load(data['load_average_start'])}; at the end: "
-        f"{load(data['load_average_end'])}. On a shared machine seconds move between runs; the ratios within "
-        "one run are what count.",
+        f"{load(data['load_average_end'])} (the run's own threads included)" + (
+            "" if data.get("other_processes_cores") is None else
+            f"; other processes kept {data['other_processes_cores']:.2f} cores busy on average during the run") +
+        ". On a shared machine seconds move between runs; the ratios within one run are what count.",
+        *(["", f"**{data['load_warning']}**"] if data.get("load_warning") else []),
         "",
         "## Seconds per epoch",
         "",

@@ -52,8 +52,13 @@ the batch order (an on-device ``jax.random.permutation`` against ``gd.shuffled_o
 the transfer), and the whole command: wall seconds of ``gd-jax train`` with its defaults, start
 to exit, with a warm compilation cache of its own.
 
-A run on a busy machine (1-minute load average above half the cores at any point) carries a
-warning in its table, its markdown and its JSON (``load_warning``): such figures are not quoted.
+A run on a busy machine carries a warning in its table, its markdown and its JSON
+(``load_warning``): such figures are not quoted. Busy means other processes kept more than half
+the cores busy on average during the run (``other_processes_cores``: the machine's busy CPU
+time from ``/proc/stat`` less this run's own), or the 1-minute load average was above half of
+them before it started; the load averages read during the run are recorded but do not decide,
+since they count the run's own threads. Where ``/proc/stat`` is missing, any load average
+above half the cores decides.
 XLA's CPU configuration is recorded (``machine.xla``); ``--xla auto`` lets gd_jax choose it for
 the workload (``gd_jax/_src/xla_config.py``) before the backend starts.
 
@@ -100,7 +105,7 @@ from gd_jax.cli.bench.config import (
 from gd_jax.cli.bench.numpy_worker import NumpyWorker
 from gd_jax.cli.bench.report import compare_results, format_markdown, format_table, plot_results, targets
 from gd_jax.cli.bench.time_to_accuracy import measure_time_to_accuracy
-from gd_jax.cli.bench.timing import Timing, describe_machine, git_commit, load_note
+from gd_jax.cli.bench.timing import CpuSnapshot, Timing, describe_machine, git_commit, load_note, other_cores
 from gd_jax.cli.bench.train_command import measure_train_command
 from gd_jax.cli.bench.variants import step_kernels
 from gd_jax.cli.errors import BadInput, bad_input
@@ -167,7 +172,7 @@ def run(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dic
     check_config(config)
     log = log or (lambda _: None)
     device = _device(config.device)
-    started, cpu_started = time.time(), time.process_time()
+    started, cpu_started, cpu_snapshot = time.time(), time.process_time(), CpuSnapshot.now()
     x, y = measures.epoch_data(config)
     result: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "config": dataclasses.asdict(config), "variants": list(VARIANTS),
@@ -183,7 +188,8 @@ def run(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dic
     loads = [result["load_average_start"][0], result["load_average_end"][0]]
     loads += [v for t in result["batch_sizes"] for v in (t["load_average"][0], t["load_average_before"][0])]
     result["load_averages"] = loads  # every 1-minute load average the run read
-    result["load_warning"] = load_note(loads, os.cpu_count())
+    result["other_processes_cores"] = other_cores(cpu_snapshot)  # the numpy worker has exited: it is ours
+    result["load_warning"] = load_note(loads, os.cpu_count(), others=result["other_processes_cores"])
     result["wall_seconds"] = time.time() - started
     result["process_cpu_seconds"] = time.process_time() - cpu_started  # what the run cost, whatever the load
     return result

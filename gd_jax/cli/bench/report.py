@@ -197,7 +197,10 @@ def format_table(result: dict[str, Any]) -> str:
                 "" if t["floor_allows_goal"] else ", beyond the goal's reach here")
             print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3g} "
                   f"(of the minimums {_fmt(t['value_of_mins'], '.3g')}; goal {t['goal']:g}{floor})", file=out)
-    print(f"load average {result['load_average_end'][0]:.2f} at the end; {result['wall_seconds']:.0f} s in all, "
+    others = result.get("other_processes_cores")
+    print(f"load average {result['load_average_end'][0]:.2f} at the end" + (
+        "" if others is None else f" (other processes: {others:.2f} cores on average)") +
+        f"; {result['wall_seconds']:.0f} s in all, "
           f"{result['process_cpu_seconds']:.0f} s of this process's CPU time", file=out)
     return out.getvalue()
 
@@ -214,7 +217,9 @@ def _md_header(result: dict[str, Any]) -> list[str]:
              f"- machine: {m['cpu_model']}, {m['cpu_count']} cores ({m['device_kind']}, {m['platform']}), "
              f"{m['system']}",
              "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
-             f"- load average (1 min) during the run: {min(loads):.2f} to {max(loads):.2f}",
+             f"- load average (1 min) during the run: {min(loads):.2f} to {max(loads):.2f}, this run's threads "
+             "included" + ("" if result.get("other_processes_cores") is None else
+                           f"; other processes kept {result['other_processes_cores']:.2f} cores busy on average"),
              f"- XLA: `XLA_FLAGS={xla.get('XLA_FLAGS') or ''}`, `NPROC={xla.get('NPROC') or ''}` "
              f"({xla.get('chosen_by', 'as the environment set it')})",
              f"- network {list(c['sizes'])}, {c['cost']} cost, eta {c['learning_rate']}, {c['rows']:,} rows, "

@@ -17,8 +17,8 @@ import numpy as np
 
 from gd_jax._src import xla_config
 
-__all__ = ["Measured", "Timing", "busy", "describe_machine", "device_memory", "git_commit", "load_note",
-           "peak_rss_bytes", "reset_peak_rss", "time_round_robin"]
+__all__ = ["CpuSnapshot", "Measured", "Timing", "busy", "describe_machine", "device_memory", "git_commit",
+           "load_note", "other_cores", "peak_rss_bytes", "reset_peak_rss", "time_round_robin"]
 
 
 class Timing(NamedTuple):
@@ -66,13 +66,66 @@ def busy(load: float, cpus: int | None = None) -> bool:
     return load > (cpus or os.cpu_count() or 1) / 2
 
 
-def load_note(loads: list[float], cpus: int | None) -> str | None:
-    """The warning a report carries when the machine was busy at any point of the run, else None."""
-    worst = max(loads, default=0.0)
-    if not busy(worst, cpus):
+class CpuSnapshot(NamedTuple):
+    """Where the machine's and this process's CPU clocks stood at one moment (see ``other_cores``)."""
+
+    wall: float
+    machine_busy: float | None  # seconds all cores were busy since boot; None where the kernel does not say
+    own: float  # this process's seconds, and those of its children that have been waited for
+
+    @classmethod
+    def now(cls) -> CpuSnapshot:
+        t = os.times()
+        return cls(time.time(), _machine_busy_seconds(), t.user + t.system + t.children_user + t.children_system)
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot, steal included (Linux's ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError):
         return None
-    return (f"WARNING: the machine was busy (load average up to {worst:.2f} on {cpus} cores, above half of them): "
-            "these figures measure the contention as much as the code; do not quote them, rerun when it is quiet")
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_cores(since: CpuSnapshot, until: CpuSnapshot | None = None) -> float | None:
+    """How many cores other processes kept busy on average from ``since`` to ``until`` (default now);
+    None where it cannot be told.
+
+    The machine's busy time less this process's and its waited-for children's: the load average
+    cannot say this, since it counts this run's own threads (a bench that keeps two cores busy
+    reads a load near 2 on a machine it has to itself). Call it after the children have exited.
+    """
+    end = until or CpuSnapshot.now()
+    if since.machine_busy is None or end.machine_busy is None or end.wall <= since.wall:
+        return None
+    others = (end.machine_busy - since.machine_busy) - (end.own - since.own)
+    return max(others, 0.0) / (end.wall - since.wall)
+
+
+def load_note(loads: list[float], cpus: int | None, *, others: float | None = None) -> str | None:
+    """The warning a report carries when the machine was busy, else None.
+
+    With ``others`` (``other_cores`` over the run) the machine was busy when other processes kept
+    more than half its cores busy on average, or when the load average before the run
+    (``loads[0]``) was above half of them; without it, when any load average read was.
+    """
+    if others is not None:
+        if busy(others, cpus):
+            what = f"other processes kept {others:.2f} of {cpus} cores busy on average, above half of them"
+        elif busy(loads[0], cpus):
+            what = f"load average {loads[0]:.2f} on {cpus} cores before the run, above half of them"
+        else:
+            return None
+    else:
+        worst = max(loads, default=0.0)
+        if not busy(worst, cpus):
+            return None
+        what = f"load average up to {worst:.2f} on {cpus} cores, above half of them"
+    return (f"WARNING: the machine was busy ({what}): these figures measure the contention as much as the code; "
+            "do not quote them, rerun when it is quiet")
 
 
 def reset_peak_rss() -> bool:

@@ -364,38 +364,44 @@ def _build_sweep_matmul_floor(p: Problem, *, own_orders: bool) -> Runner:
     """The products of ``gd_jax_sweep16`` (or ``_own``) alone, as ``matmul_floor`` is for one model.
 
     With one shared order the first layer of the 16 models is one wide product
-    ``x (b, n_0) @ W (n_0, 16 n_1)`` (the sweep's layout); every other product, and with own
-    orders every product (each model its own rows), is one batched product over the models.
-    The per-model time of this floor bounds what any sweep of these shapes can reach here.
+    ``x (b, n_0) @ W (n_0, 16 n_1)``, ``W`` stored as ``(n_0, 16, n_1)`` and the activations as
+    ``(b, 16, n)``: the layout ``gd.sweep`` keeps (see ``gd.model_axes``), so that no step
+    transposes. Every other product, and with own orders every product (each model its own rows),
+    is one batched product over the models. The per-model time of this floor bounds what any
+    sweep of these shapes can reach here.
     """
     k, bs = SWEEP_MODELS, p.batch_size
     full = p.n // bs
-    weights = [jnp.broadcast_to(jnp.asarray(layer["w"]), (k, *layer["w"].shape)) for layer in p.params]
-    weights = jax.device_put(weights, p.device)
+    stacked = [np.broadcast_to(np.asarray(layer["w"]), (k, *layer["w"].shape)) for layer in p.params]
+    if not own_orders:
+        stacked[0] = np.moveaxis(stacked[0], 0, 1)  # (n_0, k, n_1)
+    weights = jax.device_put([np.ascontiguousarray(w) for w in stacked], p.device)
     x = jax.device_put(p.x, p.device)
+    # Activations are (b, k, n) with a shared order and (k, b, n) with own orders.
+    layer_product, weight_gradient, backward = (
+        ("kbi,kio->kbo", "kbi,kbo->kio", "kbo,kio->kbi") if own_orders else
+        ("bki,kio->bko", "bki,bko->kio", "bko,kio->bki"))
 
-    def first_layer(xb, w):  # xb: (b, n_0) shared or (k, b, n_0) own; w: (k, n_0, n_1)
-        if own_orders:
-            return jnp.einsum("kbi,kio->kbo", xb, w)
-        wide = jnp.moveaxis(w, 0, 1).reshape(w.shape[1], -1)  # (n_0, k n_1), as gd.sweep stores it
-        return jnp.moveaxis((xb @ wide).reshape(xb.shape[0], k, -1), 1, 0)
+    def first_layer(xb, w):
+        if own_orders:  # xb: (k, b, n_0)
+            return jnp.einsum(layer_product, xb, w)
+        return (xb @ w.reshape(w.shape[0], -1)).reshape(xb.shape[0], k, -1)
 
-    def first_gradient(xb, delta):  # delta: (k, b, n_1)
+    def first_gradient(xb, delta):
         if own_orders:
-            return jnp.einsum("kbi,kbo->kio", xb, delta)
-        wide = xb.T @ jnp.moveaxis(delta, 0, 1).reshape(xb.shape[0], -1)  # (n_0, k n_1)
-        return jnp.moveaxis(wide.reshape(xb.shape[1], k, -1), 1, 0)
+            return jnp.einsum(weight_gradient, xb, delta)
+        return (xb.T @ delta.reshape(xb.shape[0], -1)).reshape(xb.shape[1], k, -1)
 
     def floor(ws, x, orders):
         def step(ws, rows):
             xb = x[rows]
             acts = [first_layer(xb, ws[0])]
             for w in ws[1:]:
-                acts.append(jnp.einsum("kbi,kio->kbo", acts[-1], w))
+                acts.append(jnp.einsum(layer_product, acts[-1], w))
             delta, grads = acts[-1], [None] * len(ws)
             for layer in range(len(ws) - 1, 0, -1):
-                grads[layer] = jnp.einsum("kbi,kbo->kio", acts[layer - 1], delta)
-                delta = jnp.einsum("kbo,kio->kbi", delta, ws[layer])
+                grads[layer] = jnp.einsum(weight_gradient, acts[layer - 1], delta)
+                delta = jnp.einsum(backward, delta, ws[layer])
             grads[0] = first_gradient(xb, delta)
             return grads, None
 
@@ -407,7 +413,7 @@ def _build_sweep_matmul_floor(p: Problem, *, own_orders: bool) -> Runner:
 
     call, seconds = compile_timed(floor, weights, x, orders_of(p.orders[0]))
     return Runner(lambda order: call(weights, x, orders_of(order)), seconds, models=k, checked=False,
-                   compiled=call.compiled, note=f"not the algorithm: the products of {k} models alone")
+                  compiled=call.compiled, note=f"not the algorithm: the products of {k} models alone")
 
 
 BUILDERS: dict[str, Callable[[Problem], Runner]] = {
