@@ -295,6 +295,7 @@ def test_quick_run_writes_the_table_json_and_chart(tmp_path, capsys):
     command = r["train_command"]
     assert command["status"] == "ok" and len(command["warm_seconds"]) == 1, command
     assert command["command"] == "gd-jax train --no-progress" and command["command"] in printed
+    assert command["also"]["flags"] == "--no-figures" and len(command["also"]["warm_seconds"]) == 1
     assert next(t for t in r["targets"] if t["target"].startswith("gd-jax train"))["goal"] == 3.0
 
 
@@ -313,6 +314,23 @@ def test_the_whole_command_is_timed_once_cold_then_warm(tmp_path):
     assert len(runs) == 3 and len({tuple(run) for run in runs}) == 1  # one cache, one folder, for every run
     cache, folder = runs[0]
     assert cache == os.path.join(folder, "compile-cache") and not os.path.exists(folder)  # removed afterwards
+
+
+def test_the_command_is_also_timed_with_more_flags_after_each_warm_run(tmp_path):
+    seen = tmp_path / "seen"
+    # Records its arguments, then sleeps 0.3 s with --no-figures and not at all without.
+    record = (f"import sys, time; open({str(seen)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n'); "
+              "time.sleep(0.3 if '--no-figures' in sys.argv else 0)")
+    timed = bench.train_command.measure_train_command(2, command=[sys.executable, "-c", record],
+                                                      also=("--no-figures",))
+    assert seen.read_text().splitlines() == ["", "", "--no-figures", "", "--no-figures"]
+    also = timed["also"]
+    assert also["flags"] == "--no-figures" and len(also["warm_seconds"]) == len(timed["warm_seconds"]) == 2
+    assert min(also["warm_seconds"]) >= 0.3 > max(timed["warm_seconds"]) - 0.1
+    assert also["median"] == np.median(also["warm_seconds"]) and also["min"] == min(also["warm_seconds"])
+    rows = bench.targets({"batch_sizes": [], "train_command": timed})
+    assert ["--no-figures, warm compilation cache" in row["target"] for row in rows] == [False, True]
+    assert rows[1]["value"] == also["median"] and rows[1]["goal"] == 3.0
 
 
 def test_a_failing_command_is_recorded_with_its_last_line_and_no_target():

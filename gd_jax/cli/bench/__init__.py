@@ -159,7 +159,7 @@ def _measure_all(config: BenchConfig, result: dict[str, Any], x, y, device: jax.
         result["time_to_accuracy"] = measure_time_to_accuracy(config, device, measures.load, worker, log)
     if config.train_command_runs:
         log(f"the whole command: {config.train_command_runs} warm runs of gd-jax train")
-        result["train_command"] = measure_train_command(config.train_command_runs)
+        result["train_command"] = measure_train_command(config.train_command_runs, also=("--no-figures",))
 
 
 def run(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:

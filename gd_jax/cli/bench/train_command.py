@@ -28,24 +28,39 @@ def _run_once(command: Sequence[str], cwd: str, env: dict[str, str]) -> tuple[fl
     return time.perf_counter() - started, done
 
 
-def measure_train_command(runs: int, *, command: Sequence[str] | None = None) -> dict[str, Any]:
+def measure_train_command(runs: int, *, command: Sequence[str] | None = None,
+                          also: Sequence[str] = ()) -> dict[str, Any]:
     """Times ``command`` (default ``python -m gd_jax train --no-progress``): one cold run, ``runs`` warm ones.
 
+    Args:
+      runs: warm runs timed.
+      command: the command line; default the textbook run.
+      also: flags (e.g. ``("--no-figures",)``) to time the command with as well: each warm run of
+        the command is followed by one with them added, from the same cache and folder.
+
     Returns:
-      ``{"command", "status", "cold_seconds", "warm_seconds": [...], "median", "min"}``; a command
+      ``{"command", "status", "cold_seconds", "warm_seconds": [...], "median", "min"}``, with
+      ``"also": {"flags", "warm_seconds", "median", "min"}`` when ``also`` is given; a command
       that fails gives ``{"command", "status": "failed", "reason"}`` (its last line of stderr).
     """
     shown = " ".join(command) if command else " ".join(["gd-jax", *TRAIN])
     command = list(command or [sys.executable, "-m", "gd_jax", *TRAIN])
+    plan = [("command", command)]  # the cold run, then each warm run, followed by its run with ``also``
+    for _ in range(runs):
+        plan += [("command", command)] + ([("also", [*command, *also])] if also else [])
+    seconds: dict[str, list[float]] = {"command": [], "also": []}
     with tempfile.TemporaryDirectory(prefix="gd-jax-bench-") as folder:
         env = {**os.environ, "GD_JAX_COMPILE_CACHE": os.path.join(folder, "compile-cache")}
-        seconds = []
-        for _ in range(runs + 1):  # each run's folder goes to runs/ under the temporary folder
-            wall, done = _run_once(command, folder, env)
+        for which, line in plan:  # each run's folder goes to runs/ under the temporary folder
+            wall, done = _run_once(line, folder, env)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
                 return {"command": shown, "status": "failed", "reason": last}
-            seconds.append(wall)
-    warm = seconds[1:]
-    return {"command": shown, "status": "ok", "cold_seconds": seconds[0], "warm_seconds": warm,
-            "median": statistics.median(warm), "min": min(warm)}
+            seconds[which].append(wall)
+    cold, warm = seconds["command"][0], seconds["command"][1:]
+    result = {"command": shown, "status": "ok", "cold_seconds": cold, "warm_seconds": warm,
+              "median": statistics.median(warm), "min": min(warm)}
+    if also:
+        result["also"] = {"flags": " ".join(also), "warm_seconds": seconds["also"],
+                          "median": statistics.median(seconds["also"]), "min": min(seconds["also"])}
+    return result
