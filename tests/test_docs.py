@@ -35,6 +35,7 @@ sys.path.insert(0, str(DOCS / "gen"))
 
 import gen_api  # noqa: E402
 import gen_cli  # noqa: E402
+import gen_results  # noqa: E402
 
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "gen" not in p.relative_to(DOCS).parts)
 
@@ -263,3 +264,27 @@ def test_every_markdown_file_cited_exists():
             if not any((base / cited).exists() for base in (path.parent, ROOT, DOCS)):
                 missing.append(f"{path.relative_to(ROOT)} cites {cited}")
     assert not missing, "cited files that the repository does not hold: " + "; ".join(sorted(missing))
+
+
+def test_the_bench_page_shows_the_newest_run_with_the_runs_of_its_commit(tmp_path):
+    committed = gen_results.newest_bench(ROOT)
+    if committed is None:
+        pytest.skip("no committed bench result to build the page's fixtures from")
+    base = json.loads(committed.read_text())
+
+    def bench(name, started, commit, target):
+        data = {**base, "started": started, "source": {"commit": commit}, "command": f"gd-jax bench {name}",
+                "machine": {**base["machine"], "xla": {"NPROC": "1"}}, "load_warning": None,
+                "targets": [{"target": target, "value": 1.5, "value_of_mins": 1.4, "goal": 1.0, "met": True}]}
+        path = tmp_path / gen_results.BENCH / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    bench("old", "2026-01-01T00:00:00Z", "aaaa", "old target")
+    bench("same-commit", "2026-01-02T00:00:00Z", "bbbb", "bs 10: |optax / gd_jax - 1|")
+    bench("newest", "2026-01-03T00:00:00Z", "bbbb", "newest target")
+    page = gen_results.bench_page(tmp_path)
+    assert "`" + str(Path(gen_results.BENCH) / "newest.json") + "`" in page and "| newest target | 1.5 |" in page
+    assert "## At the same commit: `same-commit.json`" in page and "NPROC=1" in page
+    assert "| bs 10: \\|optax / gd_jax - 1\\| | 1.5 | 1.4 |" in page  # the bars escaped: one row, six cells
+    assert "Older committed results: `old.json` (" in page

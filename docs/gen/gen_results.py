@@ -113,6 +113,27 @@ def newest_bench(root: Path) -> Path | None:
     return files[-1] if files else None
 
 
+def same_commit_benches(root: Path, newest: Path) -> list[Path]:
+    """The other bench results measured at the newest one's commit (e.g. one batch size with ``--xla auto``)."""
+    commit = json.loads(newest.read_text()).get("source", {}).get("commit")
+    found = []
+    for path in sorted((root / BENCH).glob("*.json")):
+        data = json.loads(path.read_text())
+        if path != newest and commit and data.get("source", {}).get("commit") == commit and "targets" in data:
+            found.append(path)
+    return found
+
+
+def _targets_table(targets: list[dict]) -> list[str]:
+    lines = ["| target | value (medians) | of the minimums | at the products' floor | goal | met |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for t in targets:
+        name = t["target"].replace("|", "\\|")  # a literal bar inside a markdown cell
+        lines.append(f"| {name} | {_fmt(t['value'], 3)} | {_fmt(t.get('value_of_mins'), 3)} | "
+                     f"{_fmt(t.get('at_floor'), 3)} | {_fmt(t.get('goal'), 3)} | {'yes' if t.get('met') else 'no'} |")
+    return lines
+
+
 def _fmt(x, digits=4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
@@ -196,16 +217,21 @@ def bench_page(root: Path) -> str:
             if isinstance(r, dict) and "reached" in r:
                 lines.append(f"| `{who}` | {'yes' if r['reached'] else 'no'} | {r.get('epochs', '-')} | "
                              f"{_fmt(r.get('seconds'), 3)} | {_fmt(r.get('compile_seconds'), 3)} |")
-    targets = data.get("targets") or []
-    if targets:
-        lines += ["", "## Targets recorded in the run", "",
-                  "| target | value (medians) | of the minimums | at the products' floor | goal | met |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
-        for t in targets:
-            lines.append(f"| {t['target']} | {_fmt(t['value'], 3)} | {_fmt(t.get('value_of_mins'), 3)} | "
-                         f"{_fmt(t.get('at_floor'), 3)} | {_fmt(t.get('goal'), 3)} | "
-                         f"{'yes' if t.get('met') else 'no'} |")
-    older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path]
+    if data.get("targets"):
+        lines += ["", "## Targets recorded in the run", "", *_targets_table(data["targets"])]
+    companions = same_commit_benches(root, path)
+    for other in companions:
+        extra = json.loads(other.read_text())
+        xla = extra["machine"].get("xla") or {}
+        lines += ["", f"## At the same commit: `{other.name}`", "",
+                  f"- **Command**: `{extra.get('command')}`",
+                  f"- **XLA**: `NPROC={xla.get('NPROC') or ''}`, `XLA_FLAGS={xla.get('XLA_FLAGS') or ''}` "
+                  f"({xla.get('chosen_by', 'as the environment set it')})",
+                  "- **Other processes**: " + ("not recorded" if extra.get("other_processes_cores") is None else
+                                               f"{extra['other_processes_cores']:.2f} cores busy on average"),
+                  *(["", f"**{extra['load_warning']}**"] if extra.get("load_warning") else []),
+                  "", *_targets_table(extra.get("targets") or [])]
+    older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path and p not in companions]
     if older:
         lines += ["", "Older committed results: " + ", ".join(f"`{n}`" for n in older) + " (compare two with "
                   "`python experiments/benchmarks/compare.py OLD.json NEW.json`)."]
