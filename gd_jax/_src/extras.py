@@ -27,20 +27,24 @@ class MissingExtraError(ModuleNotFoundError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 
-def _missing(top: str, purpose: str) -> MissingExtraError:
+def _missing(top: str, purpose: str, instead: str | None = None) -> MissingExtraError:
     extra = EXTRA_OF.get(top, "all")
-    return MissingExtraError(f"{purpose} need {top}, which is not installed: pip install 'gd-jax[{extra}]'", name=top)
+    return MissingExtraError(f"{purpose} need {top}, which is not installed: pip install 'gd-jax[{extra}]'"
+                             + (f", or {instead}" if instead else ""), name=top)
 
 
-def ensure_installed(module: str, *, purpose: str) -> None:
-    """Raises ``MissingExtraError`` unless ``module`` can be imported, without importing it (quick)."""
+def ensure_installed(module: str, *, purpose: str, instead: str | None = None) -> None:
+    """Raises ``MissingExtraError`` unless ``module`` can be imported, without importing it (quick).
+
+    ``instead``: the other way out the message offers, e.g. ``"pass --no-figures"``.
+    """
     top = module.split(".")[0]
     try:
         found = importlib.util.find_spec(top) is not None
     except (ModuleNotFoundError, ValueError):
         found = False
     if not found:
-        raise _missing(top, purpose)
+        raise _missing(top, purpose, instead)
 
 
 def require(module: str, *, purpose: str) -> ModuleType:

@@ -85,10 +85,10 @@ def _check_extras(args: argparse.Namespace) -> None:
     """Before anything is read or written: the optional packages this command will need (one line if not)."""
     if args.command in ("train", "sweep"):
         if not getattr(args, "no_figures", False):
-            ensure_installed("matplotlib", purpose="the run folder's figures (or pass --no-figures)")
+            ensure_installed("matplotlib", purpose="the run folder's figures", instead="pass --no-figures")
         ensure_installed("tqdm", purpose="the progress bar")
         if not getattr(args, "no_tensorboard", False):
-            ensure_installed("tensorboard", purpose="TensorBoard event files (or pass --no-tensorboard)")
+            ensure_installed("tensorboard", purpose="TensorBoard event files", instead="pass --no-tensorboard")
     elif args.command == "predict":
         ensure_installed("PIL", purpose="reading image files")
 
