@@ -15,6 +15,8 @@ import re
 import statistics
 from pathlib import Path
 
+from gd_jax.cli.bench.report import targets_markdown
+
 RESULTS = Path("experiments/results")
 BENCH = Path("experiments/benchmarks/results")
 SOURCE_URL = "the repository"
@@ -124,16 +126,6 @@ def same_commit_benches(root: Path, newest: Path) -> list[Path]:
     return found
 
 
-def _targets_table(targets: list[dict]) -> list[str]:
-    lines = ["| target | value (medians) | of the minimums | at the products' floor | goal | met |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for t in targets:
-        name = t["target"].replace("|", "\\|")  # a literal bar inside a markdown cell
-        lines.append(f"| {name} | {_fmt(t['value'], 3)} | {_fmt(t.get('value_of_mins'), 3)} | "
-                     f"{_fmt(t.get('at_floor'), 3)} | {_fmt(t.get('goal'), 3)} | {'yes' if t.get('met') else 'no'} |")
-    return lines
-
-
 def _fmt(x, digits=4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
@@ -218,7 +210,7 @@ def bench_page(root: Path) -> str:
                 lines.append(f"| `{who}` | {'yes' if r['reached'] else 'no'} | {r.get('epochs', '-')} | "
                              f"{_fmt(r.get('seconds'), 3)} | {_fmt(r.get('compile_seconds'), 3)} |")
     if data.get("targets"):
-        lines += ["", "## Targets recorded in the run", "", *_targets_table(data["targets"])]
+        lines += ["", "## Targets recorded in the run", "", *targets_markdown(data["targets"])]
     companions = same_commit_benches(root, path)
     for other in companions:
         extra = json.loads(other.read_text())
@@ -230,7 +222,7 @@ def bench_page(root: Path) -> str:
                   "- **Other processes**: " + ("not recorded" if extra.get("other_processes_cores") is None else
                                                f"{extra['other_processes_cores']:.2f} cores busy on average"),
                   *(["", f"**{extra['load_warning']}**"] if extra.get("load_warning") else []),
-                  "", *_targets_table(extra.get("targets") or [])]
+                  "", *targets_markdown(extra.get("targets") or [])]
     older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path and p not in companions]
     if older:
         lines += ["", "Older committed results: " + ", ".join(f"`{n}`" for n in older) + " (compare two with "

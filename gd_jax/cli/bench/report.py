@@ -11,7 +11,7 @@ from typing import Any
 from gd_jax._src.serialization import atomic_write_bytes
 from gd_jax.cli.bench.config import VARIANTS
 
-__all__ = ["compare_results", "format_markdown", "format_table", "plot_results", "targets"]
+__all__ = ["compare_results", "format_markdown", "format_table", "plot_results", "targets", "targets_markdown"]
 
 Ratio = Callable[[str], "float | None"]
 
@@ -258,13 +258,19 @@ def format_markdown(result: dict[str, Any]) -> str:
     for table in result["batch_sizes"]:
         lines += _md_batch(table)
     if result.get("targets"):
-        lines += ["", "| target | measured (median) | of the minimums | at the products' floor | goal | |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]
-        for t in result["targets"]:
-            name = t["target"].replace("|", "\\|")  # a literal bar inside a markdown cell
-            lines.append(f"| {name} | {t['value']:.3g} | {_fmt(t['value_of_mins'], '.3g')} "
-                         f"| {_fmt(t.get('at_floor'), '.3g')} | {t['goal']:g} | {'met' if t['met'] else 'missed'} |")
+        lines += ["", *targets_markdown(result["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def targets_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines of a markdown table of ``targets(result)``'s rows (the docs' benchmark page uses it too)."""
+    lines = ["| target | measured (median) | of the minimums | at the products' floor | goal | |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for t in rows:
+        name = t["target"].replace("|", "\\|")  # a literal bar inside a markdown cell
+        lines.append(f"| {name} | {t['value']:.3g} | {_fmt(t['value_of_mins'], '.3g')} "
+                     f"| {_fmt(t.get('at_floor'), '.3g')} | {t['goal']:g} | {'met' if t['met'] else 'missed'} |")
+    return lines
 
 
 def plot_results(result: dict[str, Any], path: str | os.PathLike) -> None:
