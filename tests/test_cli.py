@@ -233,6 +233,19 @@ def test_version(capsys):
     assert done.returncode == 0 and done.stdout.strip() == f"gd-jax {gd.__version__}"
 
 
+@pytest.mark.parametrize(("argv", "status"), [(["--version"], 0), (["train", "--epochs", "-1"], 2)])
+def test_the_program_exits_with_mains_status_and_its_collector_frozen(argv, status):
+    """``run`` (the console script, ``python -m gd_jax``) freezes what is alive before the
+    interpreter's final collection, which it would otherwise spend on JAX's objects."""
+    script = ("import atexit, gc, sys\n"
+              "atexit.register(lambda: print('frozen:', gc.get_freeze_count() > 0))\n"
+              f"sys.argv = ['gd-jax', *{argv!r}]\n"
+              "from gd_jax.cli.main import run\n"
+              "run()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == status and done.stdout.strip().splitlines()[-1] == "frozen: True"
+
+
 # --- issue 8: output a person reads -----------------------------------------------------------------------------
 
 
