@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 
 import pytest
 
@@ -72,7 +73,10 @@ def test_gd_jax_all_is_sorted_unique_and_every_name_resolves():
 def test_the_command_line_offers_python_only_its_entry_points():
     import gd_jax.cli
 
-    assert gd_jax.cli.__all__ == ["build_parser", "main"]
+    assert gd_jax.cli.__all__ == ["build_parser", "main", "run"]
+    # The gd-jax program is the one that exits (run); main returns the status to a caller that goes on.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"gd-jax": "gd_jax.cli.main:run"}
 
 
 def _function_level_imports(path: pathlib.Path):
