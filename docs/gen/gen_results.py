@@ -15,7 +15,7 @@ import re
 import statistics
 from pathlib import Path
 
-from gd_jax.cli.bench.report import targets_markdown
+from gd_jax.cli.bench.report import noise_note, targets_markdown
 
 RESULTS = Path("experiments/results")
 BENCH = Path("experiments/benchmarks/results")
@@ -211,6 +211,8 @@ def bench_page(root: Path) -> str:
                              f"{_fmt(r.get('seconds'), 3)} | {_fmt(r.get('compile_seconds'), 3)} |")
     if data.get("targets"):
         lines += ["", "## Targets recorded in the run", "", *targets_markdown(data["targets"])]
+    if note := noise_note(data):
+        lines += ["", f"{note[0].upper()}{note[1:]}."]
     companions = same_commit_benches(root, path)
     for other in companions:
         extra = json.loads(other.read_text())
@@ -222,7 +224,8 @@ def bench_page(root: Path) -> str:
                   "- **Other processes**: " + ("not recorded" if extra.get("other_processes_cores") is None else
                                                f"{extra['other_processes_cores']:.2f} cores busy on average"),
                   *(["", f"**{extra['load_warning']}**"] if extra.get("load_warning") else []),
-                  "", *targets_markdown(extra.get("targets") or [])]
+                  "", *targets_markdown(extra.get("targets") or []),
+                  *(["", f"{note[0].upper()}{note[1:]}."] if (note := noise_note(extra)) else [])]
     older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path and p not in companions]
     if older:
         lines += ["", "Older committed results: " + ", ".join(f"`{n}`" for n in older) + " (compare two with "

@@ -21,7 +21,16 @@ from gd_jax.cli.bench import variants
 from gd_jax.cli.bench.config import BASELINE, SWEEP_MODELS, TOLERANCE, BenchConfig, mlp_flops_per_example
 from gd_jax.cli.bench.numpy_worker import NumpyWorker
 from gd_jax.cli.bench.timing import Timing, device_memory, peak_rss_bytes, reset_peak_rss, time_round_robin
-from gd_jax.cli.bench.variants import Problem, Runner, Skipped, compile_timed, relative_error, step_kernels, to_numpy
+from gd_jax.cli.bench.variants import (
+    Problem,
+    Runner,
+    Skipped,
+    compile_timed,
+    program_fingerprint,
+    relative_error,
+    step_kernels,
+    to_numpy,
+)
 
 __all__ = ["bench_batch_size", "epoch_data", "load", "measure_peak", "measure_per_example", "measure_permutation"]
 
@@ -68,6 +77,7 @@ def _build_variant(name: str, problem: Problem, check: Problem, reference: list 
     if runner.compiled is not None:
         hlo = runner.compiled.as_text()
         record["kernels_per_step"] = step_kernels(hlo)
+        record["program"] = program_fingerprint(hlo)
         if config.hlo_dir:
             path = os.path.join(config.hlo_dir, f"bs{problem.batch_size}-{name}.hlo.txt")
             atomic_write_bytes(path, hlo.encode())
@@ -127,6 +137,9 @@ def bench_batch_size(config: BenchConfig, batch_size: int, x: np.ndarray, y: np.
     for name, timing in timings.items():
         _summarise(results[name], timing, runners[name], problem, flops, peak_gflops)
     base = results.get(BASELINE, {})
+    for name, record in results.items():  # the same compiled program as gd_jax's: their times differ by noise alone
+        if name != BASELINE and "program" in record:
+            record["same_program_as_gd_jax"] = record["program"] == base.get("program")
     for record in results.values():  # how many times faster gd_jax is than the variant, per model
         ok = record["status"] == "ok" and base.get("status") == "ok"
         record["gd_jax_speedup"] = record["seconds_per_model"] / base["median"] if ok else None

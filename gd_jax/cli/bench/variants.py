@@ -2,13 +2,15 @@
 
 A builder takes a ``Problem`` (data, initial parameters, batch orders of one batch size) and
 returns a ``Runner`` whose ``epoch(order)`` trains one epoch from the initial parameters.
-``step_kernels`` reads a compiled JAX variant's optimised HLO and counts its kernels a step.
+``step_kernels`` reads a compiled JAX variant's optimised HLO and counts its kernels a step;
+``program_fingerprint`` tells whether two variants compiled to the same program.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -32,7 +34,8 @@ from gd_jax.cli.bench.config import SWEEP_MODELS, BenchConfig
 from gd_jax.cli.bench.numpy_worker import NumpyWorker, train_epoch
 from gd_jax.cli.bench.timing import Measured
 
-__all__ = ["BUILDERS", "Problem", "Runner", "Skipped", "compile_timed", "relative_error", "step_kernels", "to_numpy"]
+__all__ = ["BUILDERS", "Problem", "Runner", "Skipped", "compile_timed", "program_fingerprint", "relative_error",
+           "step_kernels", "to_numpy"]
 
 @dataclasses.dataclass
 class Problem:
@@ -458,6 +461,29 @@ def step_kernels(hlo_text: str) -> dict[str, Any] | None:
     kernels = max(computations, key=len)
     return {"count": len(kernels), "by_opcode": dict(collections.Counter(op for _, op in kernels)),
             "kernels": [n for n, _ in kernels]}
+
+
+# Where each instruction came from (Python file, function, line): equal programs traced from other
+# source differ here alone. A quoted op_name may hold any character but a quote.
+_METADATA = re.compile(r', metadata=\{(?:[^}"]|"[^"]*")*\}')
+_NAME = re.compile(r"%[\w.\-]+")
+_PARAMETER_NAME = re.compile(r"(?<=[(,])( ?)[\w.\-]+: ")  # a computation's header: (x.1: f32[4,3], ...)
+
+
+def program_fingerprint(hlo_text: str) -> str:
+    """A hash of what an optimised HLO program runs, blind to names and to the source it was traced from.
+
+    Two variants with equal fingerprints run the same instructions, in the same order, on the
+    same shapes: the same kernels. Left out: the module's name, the tables of source files and
+    functions, each instruction's ``metadata`` (its Python origin), the names of the
+    computations' parameters, and the names of instructions and computations, renumbered in
+    the order they first appear.
+    """
+    lines = [_PARAMETER_NAME.sub(r"\1", line) if line.startswith(("%", "ENTRY ")) else line
+             for line in hlo_text.splitlines() if line.startswith(("%", "ENTRY ", " ", "}"))]
+    names: dict[str, str] = {}
+    program = _NAME.sub(lambda m: names.setdefault(m.group(0), f"%{len(names)}"), _METADATA.sub("", "\n".join(lines)))
+    return hashlib.sha256(program.encode()).hexdigest()[:16]
 
 
 def relative_error(params, reference, initial) -> float:
