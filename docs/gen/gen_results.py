@@ -111,8 +111,20 @@ def sweep_page(root: Path) -> str:
 
 
 def newest_bench(root: Path) -> Path | None:
-    files = sorted((root / BENCH).glob("*.json"), key=lambda p: (json.loads(p.read_text()).get("started", ""), p.name))
-    return files[-1] if files else None
+    """The run the page presents: of the bench results measured at the newest one's commit, the fullest.
+
+    A run of one batch size with other settings (``--batch-sizes 10 --xla auto``) often follows the
+    full run at the same commit; the full run stays the page's subject and the other its companion.
+    """
+    runs = [(json.loads(p.read_text()), p) for p in sorted((root / BENCH).glob("*.json"))]
+    runs = [(data, p) for data, p in runs if "batch_sizes" in data]  # bench results only
+    if not runs:
+        return None
+    latest = max(runs, key=lambda r: (r[0].get("started", ""), r[1].name))[0]
+    commit = latest.get("source", {}).get("commit")
+    if commit:
+        runs = [r for r in runs if r[0].get("source", {}).get("commit") == commit]
+    return max(runs, key=lambda r: (len(r[0]["batch_sizes"]), r[0].get("started", ""), r[1].name))[1]
 
 
 def same_commit_benches(root: Path, newest: Path) -> list[Path]:
