@@ -250,8 +250,8 @@ def test_optax_parity_is_met_by_one_program_whatever_the_clock_says(same_program
     assert parity.get("same_program") is same_program
     note = bench.report.noise_note(result)
     if same_program:
-        assert note == ("noise: variants that compiled to gd_jax's own program were timed 20.0% at batch 10 "
-                        "(optax) apart from it; a ratio that near its goal is within this run's noise")
+        assert note == ("Noise: variants that compiled to gd_jax's own program were timed 20.0% at batch 10 "
+                        "(optax) apart from it; a ratio that near its goal is within this run's noise.")
         assert bench.report.targets_markdown([parity])[-1].endswith("| met (the same program) |")
     else:
         assert note is None and bench.report.targets_markdown([parity])[-1].endswith("| missed |")

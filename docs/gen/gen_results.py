@@ -116,26 +116,30 @@ def newest_bench(root: Path) -> Path | None:
     A run of one batch size with other settings (``--batch-sizes 10 --xla auto``) often follows the
     full run at the same commit; the full run stays the page's subject and the other its companion.
     """
-    runs = [(json.loads(p.read_text()), p) for p in sorted((root / BENCH).glob("*.json"))]
-    runs = [(data, p) for data, p in runs if "batch_sizes" in data]  # bench results only
+    runs = _bench_runs(root)
     if not runs:
         return None
-    latest = max(runs, key=lambda r: (r[0].get("started", ""), r[1].name))[0]
-    commit = latest.get("source", {}).get("commit")
+    commit = _commit(max(runs, key=lambda r: (r[0].get("started", ""), r[1].name))[0])
     if commit:
-        runs = [r for r in runs if r[0].get("source", {}).get("commit") == commit]
+        runs = [r for r in runs if _commit(r[0]) == commit]
     return max(runs, key=lambda r: (len(r[0]["batch_sizes"]), r[0].get("started", ""), r[1].name))[1]
 
 
 def same_commit_benches(root: Path, newest: Path) -> list[Path]:
     """The other bench results measured at the newest one's commit (e.g. one batch size with ``--xla auto``)."""
-    commit = json.loads(newest.read_text()).get("source", {}).get("commit")
-    found = []
-    for path in sorted((root / BENCH).glob("*.json")):
-        data = json.loads(path.read_text())
-        if path != newest and commit and data.get("source", {}).get("commit") == commit and "targets" in data:
-            found.append(path)
-    return found
+    commit = _commit(json.loads(newest.read_text()))
+    return [path for data, path in _bench_runs(root)
+            if path != newest and commit and _commit(data) == commit and "targets" in data]
+
+
+def _bench_runs(root: Path) -> list[tuple[dict, Path]]:
+    """The committed ``gd-jax bench`` results, by file name, with their data (other JSON files left out)."""
+    runs = [(json.loads(p.read_text()), p) for p in sorted((root / BENCH).glob("*.json"))]
+    return [(data, p) for data, p in runs if "batch_sizes" in data]
+
+
+def _commit(data: dict) -> str | None:
+    return data.get("source", {}).get("commit")
 
 
 def _fmt(x, digits=4) -> str:
@@ -224,7 +228,7 @@ def bench_page(root: Path) -> str:
     if data.get("targets"):
         lines += ["", "## Targets recorded in the run", "", *targets_markdown(data["targets"])]
     if note := noise_note(data):
-        lines += ["", f"{note[0].upper()}{note[1:]}."]
+        lines += ["", note]
     companions = same_commit_benches(root, path)
     for other in companions:
         extra = json.loads(other.read_text())
@@ -237,7 +241,7 @@ def bench_page(root: Path) -> str:
                                                f"{extra['other_processes_cores']:.2f} cores busy on average"),
                   *(["", f"**{extra['load_warning']}**"] if extra.get("load_warning") else []),
                   "", *targets_markdown(extra.get("targets") or []),
-                  *(["", f"{note[0].upper()}{note[1:]}."] if (note := noise_note(extra)) else [])]
+                  *(["", note] if (note := noise_note(extra)) else [])]
     older = [p.name for p in sorted((root / BENCH).glob("*.json")) if p != path and p not in companions]
     if older:
         lines += ["", "Older committed results: " + ", ".join(f"`{n}`" for n in older) + " (compare two with "

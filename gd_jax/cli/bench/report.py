@@ -123,7 +123,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def noise_note(result: dict[str, Any]) -> str | None:
-    """How far apart two variants that compiled to one program were timed in this run, or None.
+    """How far apart two variants that compiled to one program were timed in this run, as a sentence, or None.
 
     optax's epoch usually compiles to gd_jax's own program (the same optimised HLO): every
     difference between their times is then the machine's, and a ratio nearer its goal than
@@ -135,8 +135,8 @@ def noise_note(result: dict[str, Any]) -> str | None:
     if not apart:
         return None
     each = ", ".join(f"{d:.1%} at batch {bs} ({name})" for bs, name, d in apart)
-    return (f"noise: variants that compiled to gd_jax's own program were timed {each} apart from it; "
-            "a ratio that near its goal is within this run's noise")
+    return (f"Noise: variants that compiled to gd_jax's own program were timed {each} apart from it; "
+            "a ratio that near its goal is within this run's noise.")
 
 
 def _same_program_text(t: dict[str, Any]) -> str:
@@ -302,7 +302,7 @@ def format_markdown(result: dict[str, Any]) -> str:
     if result.get("targets"):
         lines += ["", *targets_markdown(result["targets"])]
     if note := noise_note(result):
-        lines += ["", f"{note}."]
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
