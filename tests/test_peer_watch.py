@@ -115,3 +115,19 @@ def test_the_threads_call_on_lost_once_with_the_hung_peer():
 def test_an_interval_that_cannot_detect_silence_is_refused(interval_s, silence_s):
     with pytest.raises(ValueError, match="interval_s must be positive and below silence_s"):
         PeerWatch(Store(), 0, 2, on_lost=print, silence_s=silence_s, interval_s=interval_s)
+
+
+def test_a_store_that_stops_answering_is_named_though_process_0_s_counter_stopped_first():
+    """Process 0's counter last moved at 103 s; the store answered until 105 s, then stopped (process 0
+    hung). At 111.5 s process 0's counter has not moved for 8.5 s, but only 2 s of that silence were
+    read from the store: process 0 is named as the store's holder once the store is silent for 8 s."""
+    store, clock = Store(), Clock()
+    watches = _three_processes(store, clock)
+    _beat(watches, clock, 3)
+    _beat(watches, clock, 2, skip={0})  # process 0's beats run late; the store still answers
+    store.answering = False
+    clock.now += 6.5
+    assert watches[1].hung() is None
+    clock.now += 2.0
+    assert str(watches[1].hung()).startswith("process 1 of 3 lost contact with process 0, which holds the run's "
+                                             "coordinator: no answer for 8 s")

@@ -10,8 +10,9 @@ Every process keeps a counter in the coordination service's key-value store (the
 ``jax.distributed`` already runs in process 0: no socket of gd_jax's own) and bumps it every
 ``interval_s`` from a background thread, which runs while the main thread waits in a
 collective, as JAX releases the GIL there. The same thread reads all the counters. A peer
-whose counter has not moved for ``silence_s`` has hung; when the store itself has not
-answered for ``silence_s``, process 0 (which holds it) has. Either way ``on_lost`` is called
+whose counter had not moved for ``silence_s`` by the store's last answer has hung (a peer's
+silence is known only while the store answers); when the store itself has not answered for
+``silence_s``, process 0 (which holds it) has. Either way ``on_lost`` is called
 once with a ``PeerLostError`` naming the process. A process that ends normally writes
 ``done`` in place of its counter, so that a peer still writing its files is not waited for.
 
@@ -101,9 +102,12 @@ class PeerWatch:
             return PeerLostError(f"process {me} of {n} lost contact with process 0, which holds the run's "
                                  f"coordinator: no answer for {now - self._last_answer:.0f} s, it hung or died")
         for peer, (value, since) in self._seen.items():
-            if value != DONE and now - since > self.silence_s:
+            # Measured to the store's last answer, not to now: once the store is silent, a peer's
+            # counter cannot be read, and process 0 (the store's holder) is the one to name.
+            silent = self._last_answer - since
+            if value != DONE and silent > self.silence_s:
                 return PeerLostError(f"process {me} of {n} lost contact with process {peer}: no sign of life for "
-                                     f"{now - since:.0f} s, it hung (stopped, deadlocked or out of memory)")
+                                     f"{silent:.0f} s, it hung (stopped, deadlocked or out of memory)")
         return None
 
     def _beat(self) -> None:
