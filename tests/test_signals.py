@@ -19,6 +19,15 @@ pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main
                                 reason="signal handlers can only be set in the main thread")
 
 
+@pytest.fixture(autouse=True)
+def _python_s_own_sigint_handler():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, whatever this process inherited (a process
+    started in the background by a non-interactive shell ignores SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @contextlib.contextmanager
 def _not_raised_again():
     """A KeyboardInterrupt that escapes would stop pytest itself: fail the test instead."""
